@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh clone: `make demo` and `make test`.
+# Both create .venv when it is missing or older than pyproject.toml / constraints.txt.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-fast demo bench lint format clean
+
+setup: $(STAMP)
+
+# torch first, from the pinned version, so nothing installed after it can swap it.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt torch torchvision
+	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not ray"
+
+demo: $(STAMP)
+	$(BIN)/python -m uni3d.demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/grouping.py
+	$(BIN)/python bench/encoder.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,174 @@
+"""Checkpoint I/O: our safetensors format, the official release layout, and 2D ViT initialisation.
+
+- Ours: a folder with ``model.safetensors`` (fp32 weights) and ``config.json`` (the encoder
+  config plus free-form metadata such as the teacher). Loading never unpickles code.
+- Official (spec §4): ``model.pt`` = ``{'module': flat fp16 state dict}``; read with
+  ``torch.load(weights_only=True)`` and loaded strictly into an fp32 model whose preset is
+  inferred from the tensor shapes. ``export_official`` writes the same layout.
+- 2D init: the blocks and ``fc_norm`` of the ViT from a local timm checkpoint file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from uni3d.encoder import Uni3D
+from uni3d.presets import EncoderConfig, get_preset, preset_for_width
+
+FORMAT_NAME = "uni3d-ray"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_BLOCK_RE = re.compile(r"point_encoder\.visual\.blocks\.(\d+)\.")
+
+
+def save_checkpoint(model: Uni3D, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``path/model.safetensors`` and ``path/config.json``; returns the folder."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "encoder": model.cfg.to_dict(),
+              "meta": meta or {}}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return folder
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of one of our checkpoints (folder or its ``model.safetensors``)."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(f"{path}: no {CONFIG_FILE} next to the weights; is this a uni3d-ray checkpoint?")
+    config = json.loads(config_path.read_text())
+    if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: format {config.get('format')!r} version {config.get('version')!r}, "
+                         f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    return config
+
+
+def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> Uni3D:
+    """Load one of our checkpoints or an official release file; the preset is inferred.
+
+    ``overrides`` change training-only config fields (e.g. ``patch_dropout=0.0``); shapes come
+    from the file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"checkpoint {path} does not exist")
+    if p.is_dir() or p.suffix == ".safetensors":
+        config = read_checkpoint_config(p)
+        cfg = EncoderConfig.from_dict(config["encoder"]).replace(**overrides)
+        state = load_file(str(p / WEIGHTS_FILE if p.is_dir() else p))
+        source = str(p)
+    else:
+        state = _read_official(p)
+        cfg = infer_official_config(state, source=str(p)).replace(**overrides)
+        source = str(p)
+    model = Uni3D(cfg)
+    load_state_dict_checked(model, state, source)
+    return model
+
+
+def _read_official(path: Path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types; name the file
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(obj, dict) and isinstance(obj.get("module"), dict):
+        obj = obj["module"]
+    if not isinstance(obj, dict) or "point_encoder.cls_token" not in obj:
+        keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: not an official Uni3D checkpoint (expected {{'module': state dict}} "
+                         f"with 'point_encoder.*' keys, found {keys})")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def infer_official_config(state: dict[str, Tensor], source: str = "state dict") -> EncoderConfig:
+    """The official preset matching the tensor shapes of an official state dict."""
+    width = state["point_encoder.cls_token"].shape[-1]
+    embed_dim = state["point_encoder.trans2embed.weight"].shape[0]
+    encoder_dim = state["point_encoder.encoder2trans.weight"].shape[1]
+    depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_RE.match(k))), default=-1)
+    try:
+        name = preset_for_width(width)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+    cfg = get_preset(name, embed_dim=embed_dim, encoder_dim=encoder_dim)
+    if depth != cfg.depth:
+        raise ValueError(f"{source}: width {width} means preset {name!r} with {cfg.depth} blocks, "
+                         f"but the file has {depth}")
+    return cfg
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Strict load that lists missing, unexpected and mis-shaped keys in one ``ValueError``."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise ValueError(f"{source} does not fit {type(model).__name__}:\n" + _describe(
+            missing=missing, unexpected=unexpected, mismatched=mismatched))
+    model.load_state_dict(state, strict=True)
+
+
+def _describe(**groups: list[str]) -> str:
+    lines = []
+    for label, items in groups.items():
+        if items:
+            shown = ", ".join(items[:20]) + (f", … ({len(items) - 20} more)" if len(items) > 20 else "")
+            lines.append(f"  {label} ({len(items)}): {shown}")
+    return "\n".join(lines)
+
+
+def export_official(model: Uni3D, path: str | os.PathLike) -> Path:
+    """Write the official release layout: ``{'module': fp16 state dict}`` via ``torch.save``."""
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+             for k, v in model.state_dict().items()}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"module": state}, out)
+    return out
+
+
+def load_2d_weights(model: Uni3D, path: str | os.PathLike) -> list[str]:
+    """Initialise the ViT blocks and ``fc_norm`` from a local timm ViT/EVA checkpoint file.
+
+    The 2D-only tensors (patch embed, 2D pos embed, head) are loaded where their shapes fit and
+    skipped otherwise; every block tensor must fit. Returns the keys loaded into ``visual``.
+    """
+    from timm.models.eva import checkpoint_filter_fn
+
+    vit = model.point_encoder.visual
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"2D checkpoint {path} does not exist")
+    raw = load_file(str(p)) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu", weights_only=True)
+    state = checkpoint_filter_fn(raw, vit)
+    expected = vit.state_dict()
+    is_2d_only = lambda k: k.startswith(("patch_embed.", "head.", "pos_embed", "cls_token", "rope."))  # noqa: E731
+    missing = sorted(k for k in expected if k not in state and not is_2d_only(k))
+    unexpected = sorted(k for k in state if k not in expected and not is_2d_only(k))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape and not is_2d_only(k)]
+    if missing or unexpected or mismatched:
+        raise ValueError(f"2D checkpoint {path} does not fit {model.cfg.timm_model} "
+                         f"(width {model.cfg.width}, depth {model.cfg.depth}):\n"
+                         + _describe(missing=missing, unexpected=unexpected, mismatched=mismatched))
+    fitting = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
+    vit.load_state_dict(fitting, strict=False)
+    return sorted(fitting)
