@@ -33,8 +33,13 @@ def test_embed_dim_resizes_only_the_projection() -> None:
 
 
 def test_preset_table_matches_timm_models() -> None:
-    expected = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
-                "large": (1024, 24, 16), "giant": (1408, 40, 16)}
+    expected = {
+        "tiny": (192, 12, 3),
+        "small": (384, 12, 6),
+        "base": (768, 12, 12),
+        "large": (1024, 24, 16),
+        "giant": (1408, 40, 16),
+    }
     for name, dims in expected.items():
         cfg = PRESETS[name]
         assert (cfg.width, cfg.depth, cfg.num_heads) == dims

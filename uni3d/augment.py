@@ -1,6 +1,6 @@
 """Batched training augmentation of coloured point clouds, on the input's device.
 
-Follows spec §6 (arXiv 2310.06773, official pretraining augmentation). On xyz, in this order:
+Follows spec §6 (Uni3D, arXiv 2310.06773, the official pretraining augmentation). On xyz, in order:
 unit-sphere normalisation; one scale U(0.8, 1.25) per cloud; one shift U(-0.1, 0.1) per axis per
 cloud; a small rotation about x, then y, then z with angles N(0, 0.06²) clipped to ±0.18 rad; a full
 rotation about the up axis y with angle U(0, 2π). Then, with probability 0.5 per cloud, the rgb of
@@ -120,5 +120,6 @@ def augment(pc: Tensor, cfg: AugmentConfig | None = None, generator: torch.Gener
     out[..., :3] = xyz.to(pc.dtype)
     if pc.shape[-1] == 6 and cfg.color_drop_prob > 0:
         drop = _uniform(0.0, 1.0, batch, generator, xyz) < cfg.color_drop_prob  # (B,)
-        out[..., 3:] = torch.where(drop[:, None, None], torch.full_like(out[..., 3:], cfg.color_fill), out[..., 3:])
+        fill = torch.full_like(out[..., 3:], cfg.color_fill)  # (B, N, 3)
+        out[..., 3:] = torch.where(drop[:, None, None], fill, out[..., 3:])
     return out

@@ -34,13 +34,19 @@ def save_checkpoint(model: Uni3D, path: str | os.PathLike, meta: dict[str, Any] 
     """Write ``path/model.safetensors`` and ``path/config.json``; returns the folder."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
+        for k, v in model.state_dict().items()
+    }
     tmp = folder / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
     os.replace(tmp, folder / WEIGHTS_FILE)
-    config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "encoder": model.cfg.to_dict(),
-              "meta": meta or {}}
+    config = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "encoder": model.cfg.to_dict(),
+        "meta": meta or {},
+    }
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return folder
 
@@ -53,8 +59,10 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: no {CONFIG_FILE} next to the weights; is this a uni3d-ray checkpoint?")
     config = json.loads(config_path.read_text())
     if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: format {config.get('format')!r} version {config.get('version')!r}, "
-                         f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
+        raise ValueError(
+            f"{config_path}: format {config.get('format')!r} version {config.get('version')!r}, "
+            f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}"
+        )
     return config
 
 
@@ -90,8 +98,10 @@ def _read_official(path: Path) -> dict[str, Tensor]:
         obj = obj["module"]
     if not isinstance(obj, dict) or "point_encoder.cls_token" not in obj:
         keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: not an official Uni3D checkpoint (expected {{'module': state dict}} "
-                         f"with 'point_encoder.*' keys, found {keys})")
+        raise ValueError(
+            f"{path}: not an official Uni3D checkpoint (expected {{'module': state dict}} "
+            f"with 'point_encoder.*' keys, found {keys})"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -107,8 +117,9 @@ def infer_official_config(state: dict[str, Tensor], source: str = "state dict") 
         raise ValueError(f"{source}: {err}") from err
     cfg = get_preset(name, embed_dim=embed_dim, encoder_dim=encoder_dim)
     if depth != cfg.depth:
-        raise ValueError(f"{source}: width {width} means preset {name!r} with {cfg.depth} blocks, "
-                         f"but the file has {depth}")
+        raise ValueError(
+            f"{source}: width {width} means preset {name!r} with {cfg.depth} blocks, but the file has {depth}"
+        )
     return cfg
 
 
@@ -117,11 +128,16 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], source: 
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or mismatched:
-        raise ValueError(f"{source} does not fit {type(model).__name__}:\n" + _describe(
-            missing=missing, unexpected=unexpected, mismatched=mismatched))
+        raise ValueError(
+            f"{source} does not fit {type(model).__name__}:\n"
+            + _describe(missing=missing, unexpected=unexpected, mismatched=mismatched)
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -136,8 +152,9 @@ def _describe(**groups: list[str]) -> str:
 
 def export_official(model: Uni3D, path: str | os.PathLike) -> Path:
     """Write the official release layout: ``{'module': fp16 state dict}`` via ``torch.save``."""
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in model.state_dict().items()
+    }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"module": state}, out)
@@ -162,13 +179,17 @@ def load_2d_weights(model: Uni3D, path: str | os.PathLike) -> list[str]:
     is_2d_only = lambda k: k.startswith(("patch_embed.", "head.", "pos_embed", "cls_token", "rope."))  # noqa: E731
     missing = sorted(k for k in expected if k not in state and not is_2d_only(k))
     unexpected = sorted(k for k in state if k not in expected and not is_2d_only(k))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape and not is_2d_only(k)]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape and not is_2d_only(k)
+    ]
     if missing or unexpected or mismatched:
-        raise ValueError(f"2D checkpoint {path} does not fit {model.cfg.timm_model} "
-                         f"(width {model.cfg.width}, depth {model.cfg.depth}):\n"
-                         + _describe(missing=missing, unexpected=unexpected, mismatched=mismatched))
+        raise ValueError(
+            f"2D checkpoint {path} does not fit {model.cfg.timm_model} "
+            f"(width {model.cfg.width}, depth {model.cfg.depth}):\n"
+            + _describe(missing=missing, unexpected=unexpected, mismatched=mismatched)
+        )
     fitting = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
     vit.load_state_dict(fitting, strict=False)
     return sorted(fitting)

@@ -24,9 +24,7 @@ _UNUSED_2D_PREFIXES = ("patch_embed.", "head.", "pos_embed", "cls_token", "reg_t
 
 def build_vit(cfg: EncoderConfig) -> nn.Module:
     """The timm EVA model named by the preset, with random weights (2D init is a separate step)."""
-    vit = timm.create_model(
-        cfg.timm_model, pretrained=False, drop_path_rate=cfg.drop_path_rate, **cfg.timm_kwargs
-    )
+    vit = timm.create_model(cfg.timm_model, pretrained=False, drop_path_rate=cfg.drop_path_rate, **cfg.timm_kwargs)
     built = (vit.embed_dim, len(vit.blocks), vit.blocks[0].attn.num_heads)
     if built != (cfg.width, cfg.depth, cfg.num_heads):
         raise ValueError(

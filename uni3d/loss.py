@@ -1,6 +1,6 @@
 """The Uni3D contrastive loss: point embeddings aligned with frozen CLIP text and image embeddings.
 
-Follows spec §5 (arXiv 2310.06773, §3 "Training objective" and the official release):
+Follows spec §5 (Uni3D, arXiv 2310.06773, as the official release implements it):
 
     L = ½[CE(s·P·Tᵀ, y) + CE(s·T·Pᵀ, y)] + ½[CE(s·P·Iᵀ, y') + CE(s·I·Pᵀ, y')]
 
@@ -11,10 +11,13 @@ gathered set as negatives for the other rows).
 
 FIX over the official code: the official all_gather returns detached copies, so with several ranks the
 T->P and I->P directions train nothing. Here the gathered list always holds the *local* tensor at
-position ``rank``, so each rank's own rows keep their gradient. With `torch_distributed_gather(...,
-with_grad=True)` the other ranks' copies also carry gradient back to their owners, and the summed
-gradient over ranks equals exactly world_size x the gradient of the single-process loss on the global
-batch (DDP's gradient averaging then recovers the single-process gradient).
+position ``rank``, so each rank's own rows keep their gradient. With detached copies of the other
+ranks (`torch_distributed_gather(..., with_grad=False)`) the P->T and P->I gradients are exact, but a
+T->P or I->P row only reaches the points of its own rank. With the default ``with_grad=True`` the
+other ranks' copies also carry gradient back to their owners, and the summed gradient over ranks equals
+exactly world_size x the gradient of the single-process loss on the global batch (DDP's gradient
+averaging then recovers the single-process gradient), provided every rank has as many image rows:
+each rank averages its image terms over its own image rows, as the official code does.
 
 Distributed context is injected: the loss never reads the rank or calls torch.distributed itself.
 """
@@ -40,11 +43,11 @@ class LossConfig:
     ignore_index: int = -100  # torch's default ignore index for cross_entropy
 
 
-def torch_distributed_gather(t: Tensor, with_grad: bool = False) -> list[Tensor]:
+def torch_distributed_gather(t: Tensor, with_grad: bool = True) -> list[Tensor]:
     """All-gather ``t`` over the default process group; the entry at this rank is ``t`` itself.
 
-    Without ``with_grad`` the other ranks' copies are detached (the spec's FIX: only the local slice
-    keeps its gradient). With ``with_grad`` the gather is differentiable (``torch.distributed.nn``):
+    With ``with_grad=False`` the other ranks' copies are detached (the spec's FIX alone: only the local
+    slice keeps its gradient). With ``with_grad`` (the default) the gather is differentiable (``torch.distributed.nn``):
     its backward sums each copy's gradient back onto its owner, which makes the loss exact.
     Without an initialised process group this returns ``[t]``.
     """

@@ -1,6 +1,6 @@
 """AdamW parameter groups with layer-wise lr decay, and the warmup + cosine lr schedule.
 
-Follows spec §6 (arXiv 2310.06773 §4 "Implementation details" and the official recipe): AdamW
+Follows spec §6 (Uni3D, arXiv 2310.06773, the official pretraining recipe): AdamW
 (0.9, 0.999, eps 1e-8), lr 1e-3, weight decay 0.1; layer-wise lr decay 0.95 on the ViT with
 scale = decay^(depth + 1 - layer_id), where layer 0 is the ViT's patch embed / pos embed / cls token,
 layer i + 1 is block i and depth + 1 is the rest of the ViT; everything outside the ViT (the point
@@ -84,9 +84,7 @@ def _no_decay(name: str, param: nn.Parameter, cfg: OptimConfig) -> bool:
     return param.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in cfg.no_decay_names
 
 
-def param_groups(
-    model: nn.Module, cfg: OptimConfig, depth: int, vit_prefix: str = VIT_PREFIX
-) -> list[dict]:
+def param_groups(model: nn.Module, cfg: OptimConfig, depth: int, vit_prefix: str = VIT_PREFIX) -> list[dict]:
     """Group the trainable parameters by (layer id, decay / no decay).
 
     Each group holds ``params``, ``names``, ``weight_decay``, ``lr_scale`` and ``lr`` (= cfg.lr x
@@ -117,9 +115,7 @@ def param_groups(
     return [groups[key] for key in sorted(groups)]
 
 
-def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, depth: int, vit_prefix: str = VIT_PREFIX
-) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, depth: int, vit_prefix: str = VIT_PREFIX) -> torch.optim.AdamW:
     """AdamW over `param_groups`; the extra group keys (names, lr_scale, ...) are kept for logging."""
     groups = param_groups(model, cfg, depth, vit_prefix)
     if not groups:

@@ -121,5 +121,7 @@ def preset_for_width(width: int) -> str:
     for name in OFFICIAL_PARAM_COUNTS:
         if PRESETS[name].width == width:
             return name
-    raise ValueError(f"no official Uni3D preset has width {width}; official widths are "
-                     f"{[PRESETS[n].width for n in OFFICIAL_PARAM_COUNTS]}")
+    raise ValueError(
+        f"no official Uni3D preset has width {width}; official widths are "
+        f"{[PRESETS[n].width for n in OFFICIAL_PARAM_COUNTS]}"
+    )

@@ -1,0 +1,161 @@
+"""Checkpoints: our safetensors format, the official release layout, 2D initialisation (spec §4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import random_cloud
+from official_reference import official_encode
+from safetensors.torch import save_file
+
+import uni3d
+from uni3d.checkpoint import infer_official_config
+
+
+def embed(model: uni3d.Uni3D, pc: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval().encode_pc(pc)
+
+
+def test_our_format_round_trips(tmp_path: Path) -> None:
+    model = uni3d.create_model("nano", embed_dim=32)
+    folder = uni3d.save_checkpoint(model, tmp_path / "ckpt", meta={"teacher": "minilm", "step": 7})
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = uni3d.load_checkpoint(folder)
+    assert loaded.cfg == model.cfg
+    pc = random_cloud(2, 512)
+    assert torch.equal(embed(model, pc), embed(loaded, pc))
+    assert uni3d.read_checkpoint_config(folder / "model.safetensors")["meta"] == {
+        "teacher": "minilm",
+        "step": 7,
+    }
+    # Training-only fields may be overridden at load time; shapes may not change.
+    assert uni3d.load_checkpoint(folder, patch_dropout=0.0).cfg.patch_dropout == 0.0
+
+
+def write_official_file(model: uni3d.Uni3D, path: Path) -> Path:
+    """An official release file as the official training wrote it: {'module': fp16 state dict}."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"module": state}, path)
+    return path
+
+
+def test_official_file_loads_strictly_and_matches_the_official_forward(tmp_path: Path) -> None:
+    source = uni3d.create_model("tiny")
+    path = write_official_file(source, tmp_path / "model.pt")
+    loaded = uni3d.load_checkpoint(path)
+    assert loaded.cfg.timm_model == "eva02_tiny_patch14_224" and loaded.embed_dim == 1024
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    # The fp16 weights arrive exactly (fp16 -> fp32 is exact).
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key].half().to(value.dtype)), key
+    pc = random_cloud(1, 1024, seed=11)
+    assert torch.allclose(embed(loaded, pc), official_encode(loaded, pc), atol=1e-5, rtol=1e-4)
+
+
+def test_export_official_round_trips(tmp_path: Path) -> None:
+    model = uni3d.create_model("tiny", embed_dim=512)
+    path = uni3d.export_official(model, tmp_path / "out" / "model.pt")
+    raw = torch.load(path, weights_only=True)
+    assert list(raw) == ["module"]
+    assert raw["module"]["point_encoder.cls_pos"].dtype == torch.float16
+    assert "logit_scale" in raw["module"] and "point_encoder.visual.fc_norm.weight" in raw["module"]
+    loaded = uni3d.load_checkpoint(path)
+    assert loaded.embed_dim == 512
+    assert torch.equal(loaded.point_encoder.cls_pos, model.point_encoder.cls_pos.half().float())
+
+
+def test_official_preset_is_inferred_from_shapes() -> None:
+    for name in ("small", "large", "giant"):
+        with torch.device("meta"):
+            state = uni3d.create_model(name).state_dict()
+        assert infer_official_config(state).timm_model == uni3d.PRESETS[name].timm_model
+
+
+def test_mismatched_checkpoint_lists_the_keys(tmp_path: Path) -> None:
+    model = uni3d.create_model("tiny")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    del state["point_encoder.encoder2trans.bias"]
+    state["point_encoder.extra.weight"] = torch.zeros(3)
+    state["point_encoder.pos_embed.0.weight"] = torch.zeros(128, 4)
+    torch.save({"module": state}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as err:
+        uni3d.load_checkpoint(tmp_path / "bad.pt")
+    text = str(err.value)
+    assert "bad.pt" in text
+    assert "missing (1): point_encoder.encoder2trans.bias" in text
+    assert "unexpected (1): point_encoder.extra.weight" in text
+    assert "point_encoder.pos_embed.0.weight: file (128, 4) vs model (128, 3)" in text
+
+
+def test_official_file_with_wrong_depth_is_refused(tmp_path: Path) -> None:
+    state = uni3d.create_model("tiny").state_dict()
+    state = {k: v for k, v in state.items() if ".blocks.11." not in k}
+    torch.save({"module": state}, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match="12 blocks, but the file has 11"):
+        uni3d.load_checkpoint(tmp_path / "short.pt")
+
+
+class NotAllowed:  # an arbitrary pickled object: weights_only loading must refuse it
+    pass
+
+
+def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        uni3d.load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="junk.pt: not a readable torch checkpoint"):
+        uni3d.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"module": {"x": NotAllowed()}}, tmp_path / "code.pt")
+    with pytest.raises(ValueError, match="code.pt: not a readable torch checkpoint"):
+        uni3d.load_checkpoint(tmp_path / "code.pt")
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an official Uni3D checkpoint"):
+        uni3d.load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        uni3d.load_checkpoint(tmp_path / "plain")
+
+
+def test_config_with_unknown_field_is_refused(tmp_path: Path) -> None:
+    folder = uni3d.save_checkpoint(uni3d.create_model("nano"), tmp_path / "c")
+    config = json.loads((folder / "config.json").read_text())
+    config["encoder"]["num_layers"] = 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"unknown EncoderConfig fields: \['num_layers'\]"):
+        uni3d.load_checkpoint(folder)
+
+
+def nano_vit(width: int = 64) -> torch.nn.Module:
+    return timm.create_model("eva02_tiny_patch14_224", pretrained=False, embed_dim=width, depth=2, num_heads=2)
+
+
+def test_2d_initialisation_loads_the_blocks(tmp_path: Path) -> None:
+    vit = nano_vit()
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    model = uni3d.create_model("nano", pretrained_2d=tmp_path / "vit.safetensors")
+    ours = model.point_encoder.visual.state_dict()
+    for key in (
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.mlp.fc2.weight",
+        "fc_norm.weight",
+        "patch_embed.proj.weight",
+    ):
+        assert torch.equal(ours[key], vit.state_dict()[key]), key
+    # A .pth file saved by torch works as well.
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    again = uni3d.create_model("nano", pretrained_2d=tmp_path / "vit.pth")
+    assert torch.equal(again.point_encoder.visual.blocks[1].norm1.weight, vit.blocks[1].norm1.weight)
+
+
+def test_2d_checkpoint_of_another_width_lists_what_does_not_fit(tmp_path: Path) -> None:
+    torch.save(nano_vit(width=96).state_dict(), tmp_path / "wide.pth")
+    with pytest.raises(ValueError) as err:
+        uni3d.create_model("nano", pretrained_2d=tmp_path / "wide.pth")
+    text = str(err.value)
+    assert "wide.pth does not fit eva02_tiny_patch14_224 (width 64, depth 2)" in text
+    assert "blocks.0.attn.qkv.weight: file (288, 96) vs model (192, 64)" in text
