@@ -148,3 +148,18 @@ def test_unknown_preset_and_bad_config() -> None:
         uni3d.create_model("nano", patch_dropout=1.5)
     with pytest.raises(ValueError, match="num_points"):
         uni3d.create_model("nano", num_points=8)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_runs_in_bf16() -> None:
+    model = uni3d.create_model("tiny").eval()
+    pc = random_cloud(2, 2048, seed=9)
+    with torch.no_grad():
+        cpu = model.encode_pc(pc)
+        model.cuda()
+        gpu = model.encode_pc(pc.cuda()).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = model.encode_pc(pc.cuda()).float().cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-3, rtol=1e-3)
+    cos = torch.nn.functional.cosine_similarity(cpu, bf16, dim=-1)
+    assert bool((cos > 0.99).all()), cos
