@@ -23,6 +23,23 @@ from uni3d.checkpoint import (
 )
 from uni3d.encoder import PointEncoder, Uni3D
 from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS, EncoderConfig, get_preset
+from uni3d.teachers import (
+    MiniLMTeacher,
+    OpenClipTeacher,
+    RandomOpenClipTeacher,
+    Teacher,
+    TeacherConfig,
+    build_teacher,
+    parse_teacher,
+)
+from uni3d.zeroshot import (
+    build_zero_shot_classifier,
+    load_templates,
+    per_class_accuracy,
+    topk_accuracy,
+    topk_correct,
+    zero_shot_logits,
+)
 
 __version__ = "0.1.0"
 
@@ -47,6 +64,19 @@ __all__ = [
     "OFFICIAL_PARAM_COUNTS",
     "PRESETS",
     "EncoderConfig",
+    "MiniLMTeacher",
+    "OpenClipTeacher",
+    "RandomOpenClipTeacher",
+    "Teacher",
+    "TeacherConfig",
+    "build_teacher",
+    "build_zero_shot_classifier",
+    "load_templates",
+    "parse_teacher",
+    "per_class_accuracy",
+    "topk_accuracy",
+    "topk_correct",
+    "zero_shot_logits",
     "PointEncoder",
     "Uni3D",
     "create_model",
