@@ -1,0 +1,362 @@
+"""Offscreen multi-view renderer for ``Mesh`` objects (moderngl on a standalone EGL context).
+
+K views (12 by default, as OpenShape) on a ring of cameras around the object, which is first
+normalised to the unit sphere (bounding-box centre, farthest vertex at radius 1) so every view
+frames it the same way. Shading is ambient + one Lambert light fixed in the camera frame; both
+sides of every face are lit (scanned meshes often have inconsistent winding), with the flat face
+normal taken from screen-space derivatives so no normals have to be uploaded.
+
+Colour follows ``pipelines.mesh``: a textured face reads its texture at the interpolated UV times
+its face colour (if any); otherwise vertex colours are interpolated; otherwise the face colour is
+used flat; otherwise the constant grey ``NO_COLOR``. UVs are in the glTF convention (v = 0 is the
+top row of the image): images are uploaded top row first, so ``texture(uv)`` needs no flip.
+
+Conventions: poses are OpenGL camera-to-world matrices (x right, y up, camera looks along -z),
+Y is world up; ``intrinsics`` is the pinhole matrix in pixels (for OpenCV-style use flip the
+camera's y and z axes). Images are (H, W, 3) uint8 with row 0 at the top.
+
+One ``Renderer`` holds one GL context, the shader program and the framebuffers; everything that
+depends on a mesh (buffers, textures, vertex arrays) is created and released inside ``render``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.mesh import NO_COLOR, Mesh, MeshError
+
+_EGL_HINT = "install libegl1 libegl-mesa0 libgl1-mesa-dri (Debian) or run on a GPU node"
+
+_VERTEX_SHADER = """
+#version 430
+uniform mat4 mvp;         // clip <- normalised object
+uniform mat4 model_view;  // camera <- normalised object
+in vec3 in_pos;
+in vec2 in_uv;
+in vec3 in_col;
+out vec3 v_view;
+out vec2 v_uv;
+out vec3 v_col;
+void main() {
+    v_view = (model_view * vec4(in_pos, 1.0)).xyz;
+    v_uv = in_uv;
+    v_col = in_col;
+    gl_Position = mvp * vec4(in_pos, 1.0);
+}
+"""
+
+# Compiled twice, with and without FACE_COLORS: reading gl_PrimitiveID slows llvmpipe down by ~40%,
+# so meshes without face colours use the variant that never touches it.
+_FRAGMENT_SHADER = """
+layout(std430, binding = 0) readonly buffer FaceColors { uint face_rgba[]; };  // RGBA8 per face
+uniform int face_offset;  // first face of this draw call (gl_PrimitiveID restarts at 0 per draw)
+uniform bool textured;
+uniform bool has_vertex_colors;
+uniform float no_color;
+uniform sampler2D tex;
+uniform vec3 light_dir;   // camera frame, unit, towards the light
+uniform float ambient;
+uniform float diffuse;
+in vec3 v_view;
+in vec2 v_uv;
+in vec3 v_col;
+out vec4 f_color;
+void main() {
+    vec3 c = cross(dFdx(v_view), dFdy(v_view));
+    vec3 n = length(c) > 0.0 ? normalize(c) : vec3(0.0, 0.0, 1.0);
+    if (dot(n, -v_view) < 0.0) n = -n;  // two-sided: the normal faces the camera
+#ifdef FACE_COLORS
+    vec3 fc = unpackUnorm4x8(face_rgba[face_offset + gl_PrimitiveID]).rgb;
+    vec3 untextured = has_vertex_colors ? v_col : fc;
+#else
+    vec3 fc = vec3(1.0);
+    vec3 untextured = has_vertex_colors ? v_col : vec3(no_color);
+#endif
+    vec3 base = textured ? texture(tex, v_uv).rgb * fc : untextured;
+    float shade = ambient + diffuse * max(dot(n, light_dir), 0.0);
+    f_color = vec4(min(base * shade, vec3(1.0)), 1.0);
+}
+"""
+
+
+class RenderError(RuntimeError):
+    """The renderer cannot run here (no EGL device, no moderngl, too old OpenGL)."""
+
+
+@dataclass
+class RenderConfig:
+    num_views: int = 12
+    size: int = 224  # square images, pixels
+    elevation_deg: float | tuple[float, ...] = 30.0  # one ring, or cycled per view if a tuple
+    azimuth_offset_deg: float = 0.0  # azimuth of view 0; 0 = camera on +Z looking at the front
+    fov_deg: float = 40.0  # vertical = horizontal field of view
+    margin: float = 1.05  # camera distance over the distance at which the unit sphere just fits
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    ambient: float = 0.45
+    diffuse: float = 0.55
+    light_dir: tuple[float, float, float] = (0.3, 0.5, 1.0)  # camera frame: upper right, behind camera
+    samples: int = 4  # MSAA samples, 0 = off (capped to what the device supports)
+    device_index: int | None = None  # EGL device; None = the default one
+
+    def __post_init__(self) -> None:
+        elevations = np.atleast_1d(np.asarray(self.elevation_deg, dtype=np.float64))
+        if self.num_views < 1 or self.size < 1 or not 0 < self.fov_deg < 180 or self.margin < 1:
+            raise ValueError(f"invalid RenderConfig: {self}")
+        if elevations.size == 0 or np.any(np.abs(elevations) >= 90):
+            raise ValueError(f"elevations must be in (-90, 90) degrees, got {self.elevation_deg}")
+
+    @property
+    def distance(self) -> float:
+        """Camera distance from the origin: the unit sphere fits the view with ``margin`` to spare."""
+        return self.margin / float(np.sin(np.radians(self.fov_deg) / 2))
+
+
+@dataclass
+class Views:
+    images: np.ndarray  # (K, H, W, 3) uint8, row 0 = top
+    poses: np.ndarray  # (K, 4, 4) float32 camera-to-world (OpenGL camera axes), normalised object frame
+    intrinsics: np.ndarray  # (3, 3) float32 pinhole matrix in pixels, shared by all views
+    normalization: np.ndarray  # (4, 4) float32 mesh coordinates -> the unit-sphere frame of ``poses``
+
+
+def camera_poses(cfg: RenderConfig) -> np.ndarray:
+    """(K, 4, 4) float32 camera-to-world poses on a ring around the origin, looking at it, Y up."""
+    k = np.arange(cfg.num_views)
+    az = np.radians(cfg.azimuth_offset_deg) + 2 * np.pi * k / cfg.num_views
+    elevations = np.atleast_1d(np.asarray(cfg.elevation_deg, dtype=np.float64))
+    el = np.radians(elevations[k % elevations.size])
+    eye = cfg.distance * np.stack([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)], -1)
+    z = eye / np.linalg.norm(eye, axis=-1, keepdims=True)  # camera looks along -z, at the origin
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    y = np.cross(z, x)
+    poses = np.zeros((cfg.num_views, 4, 4))
+    poses[:, :3, 0], poses[:, :3, 1], poses[:, :3, 2], poses[:, :3, 3] = x, y, z, eye
+    poses[:, 3, 3] = 1.0
+    return poses.astype(np.float32)
+
+
+def intrinsics(cfg: RenderConfig) -> np.ndarray:
+    """(3, 3) pinhole matrix in pixels for a square ``size`` image with field of view ``fov_deg``."""
+    focal = cfg.size / 2 / np.tan(np.radians(cfg.fov_deg) / 2)
+    return np.array([[focal, 0, cfg.size / 2], [0, focal, cfg.size / 2], [0, 0, 1]], dtype=np.float32)
+
+
+def _perspective(cfg: RenderConfig) -> np.ndarray:
+    near, far = max(cfg.distance - 1.5, 1e-2), cfg.distance + 1.5  # the object lies within radius 1
+    f = 1 / np.tan(np.radians(cfg.fov_deg) / 2)
+    return np.array(
+        [[f, 0, 0, 0], [0, f, 0, 0], [0, 0, (far + near) / (near - far), 2 * far * near / (near - far)], [0, 0, -1, 0]]
+    )
+
+
+def _normalisation(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(4, 4) transform taking the used vertices into the unit sphere around their box centre."""
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces.ravel()] = True  # stray unreferenced vertices must not change the framing
+    pts = vertices[used].astype(np.float64)
+    centre = (pts.min(0) + pts.max(0)) / 2
+    radius = float(np.sqrt(((pts - centre) ** 2).sum(1).max())) or 1.0
+    m = np.eye(4) / radius
+    m[:3, 3], m[3, 3] = -centre / radius, 1.0
+    return m
+
+
+def _check(mesh: Mesh) -> None:
+    name = mesh.source or "mesh"
+    if mesh.faces.ndim != 2 or mesh.faces.shape[1] != 3 or len(mesh.faces) == 0:
+        raise MeshError(f"{name}: no triangles to render (faces shape {mesh.faces.shape})")
+    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
+        raise MeshError(f"{name}: face index out of range for {len(mesh.vertices)} vertices")
+    if not np.isfinite(mesh.vertices).all():
+        raise MeshError(f"{name}: non-finite vertex coordinates")
+    if mesh.face_texture is not None and mesh.face_texture.max(initial=-1) >= len(mesh.textures):
+        raise MeshError(f"{name}: face_texture refers to {mesh.face_texture.max()} of {len(mesh.textures)}")
+
+
+def _face_groups(mesh: Mesh) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Face order sorted by texture and the draw groups ``(texture or -1, first face, count)``."""
+    if mesh.face_texture is None or mesh.uv is None or not mesh.textures:
+        return np.arange(len(mesh.faces)), [(-1, 0, len(mesh.faces))]
+    order = np.argsort(mesh.face_texture, kind="stable")
+    tex_ids, first, counts = np.unique(mesh.face_texture[order], return_index=True, return_counts=True)
+    return order, [(int(t), int(s), int(c)) for t, s, c in zip(tex_ids, first, counts, strict=True)]
+
+
+def _vertex_data(mesh: Mesh) -> np.ndarray:
+    """(V, 8) float32 interleaved position, uv, vertex colour (zeros where the mesh has none)."""
+    data = np.zeros((len(mesh.vertices), 8), dtype=np.float32)
+    data[:, :3] = mesh.vertices
+    if mesh.uv is not None:
+        data[:, 3:5] = mesh.uv
+    if mesh.vertex_colors is not None:
+        data[:, 5:8] = mesh.vertex_colors
+    return data
+
+
+def _rgba8(colors: np.ndarray) -> np.ndarray:
+    """(F, 3) floats in [0, 1] -> (F,) uint32 holding R in the lowest byte, as unpackUnorm4x8 reads."""
+    rgba = np.full((len(colors), 4), 255, dtype=np.uint8)
+    rgba[:, :3] = np.round(np.clip(colors, 0, 1) * 255)
+    return rgba.view("<u4").ravel()
+
+
+class Renderer:
+    """Renders meshes into K views; holds one EGL context, reuse it across meshes, then ``close``."""
+
+    def __init__(self, cfg: RenderConfig | None = None) -> None:
+        self.cfg = cfg = cfg or RenderConfig()
+        self._ctx = _create_context(cfg.device_index)
+        ctx = self._ctx
+        # Keyed by "has face colours"; both share the uniforms set below.
+        self._programs = {
+            flag: ctx.program(
+                vertex_shader=_VERTEX_SHADER,
+                fragment_shader=f"#version 430\n{'#define FACE_COLORS' if flag else ''}\n" + _FRAGMENT_SHADER,
+            )
+            for flag in (False, True)
+        }
+        samples = min(cfg.samples, ctx.max_samples) if cfg.samples > 1 else 0
+        # All views go into one atlas read back once: llvmpipe then rasterises the views in parallel
+        # instead of stalling on a read per view.
+        self._cols = int(np.ceil(np.sqrt(cfg.num_views)))
+        self._rows = -(-cfg.num_views // self._cols)
+        size = (self._cols * cfg.size, self._rows * cfg.size)
+        self._fbo = ctx.framebuffer(
+            ctx.renderbuffer(size, 3, samples=samples), ctx.depth_renderbuffer(size, samples=samples)
+        )
+        # Multisampled buffers cannot be read directly: resolve into a single-sample one first.
+        self._resolve = ctx.framebuffer(ctx.renderbuffer(size, 3)) if samples else self._fbo
+        self._max_texture = int(ctx.info["GL_MAX_TEXTURE_SIZE"])
+        light = np.asarray(cfg.light_dir, dtype=np.float64)
+        for prog in self._programs.values():
+            prog["light_dir"].value = tuple(light / np.linalg.norm(light))
+            prog["ambient"].value, prog["diffuse"].value = cfg.ambient, cfg.diffuse
+            if "no_color" in prog:  # only read without face colours
+                prog["no_color"].value = NO_COLOR
+        self._poses = camera_poses(cfg)
+        self._views = [np.linalg.inv(p.astype(np.float64)) for p in self._poses]  # world -> camera
+        self._proj = _perspective(cfg)
+
+    @property
+    def device(self) -> str:
+        """The OpenGL renderer string, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)" or the GPU's name."""
+        return str(self._context().info["GL_RENDERER"])
+
+    def render(self, mesh: Mesh) -> Views:
+        """Render ``mesh`` from every pose; raises ``MeshError`` for meshes with nothing to draw."""
+        ctx = self._context()
+        _check(mesh)
+        order, groups = _face_groups(mesh)
+        norm = _normalisation(mesh.vertices, mesh.faces)
+        with ctx:  # make the context current on this thread
+            created: list[Any] = []
+            try:
+                prog, vao, textures = self._upload(mesh, order, groups, created)
+                images = self._draw(prog, vao, textures, groups, norm)
+            finally:
+                for obj in reversed(created):
+                    obj.release()
+        return Views(
+            images=images,
+            poses=self._poses.copy(),
+            intrinsics=intrinsics(self.cfg),
+            normalization=norm.astype(np.float32),
+        )
+
+    def _upload(self, mesh: Mesh, order: np.ndarray, groups: list, created: list) -> tuple[Any, Any, dict]:
+        """GL objects for ``mesh`` (each appended to ``created``): the program, vertex array, textures."""
+        ctx, prog = self._ctx, self._programs[mesh.face_colors is not None]
+        vbo = ctx.buffer(_vertex_data(mesh))
+        created.append(vbo)
+        ibo = ctx.buffer(mesh.faces[order].astype(np.int32))
+        created.append(ibo)
+        if mesh.face_colors is not None:
+            face_ssbo = ctx.buffer(_rgba8(mesh.face_colors[order]))
+            created.append(face_ssbo)
+            face_ssbo.bind_to_storage_buffer(0)
+        vao = ctx.vertex_array(prog, [(vbo, "3f 2f 3f", "in_pos", "in_uv", "in_col")], ibo, index_element_size=4)
+        created.append(vao)
+        textures = {}
+        for tex_id, _, _ in groups:
+            if tex_id >= 0:
+                textures[tex_id] = self._texture(mesh.textures[tex_id])
+                created.append(textures[tex_id])
+        prog["has_vertex_colors"].value = mesh.vertex_colors is not None
+        return prog, vao, textures
+
+    def _texture(self, image: np.ndarray) -> Any:
+        img = np.asarray(image)
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=-1)
+        step = -(-max(img.shape[:2]) // self._max_texture)  # ceil: stride down oversized images
+        img = np.ascontiguousarray(img[::step, ::step, :3], dtype=np.uint8)
+        # Row 0 (image top) is uploaded first, i.e. at t = 0: glTF UVs sample it without a flip.
+        tex = self._ctx.texture((img.shape[1], img.shape[0]), 3, img, alignment=1)
+        tex.build_mipmaps()
+        tex.filter = (self._ctx.LINEAR_MIPMAP_LINEAR, self._ctx.LINEAR)
+        return tex
+
+    def _draw(self, prog: Any, vao: Any, textures: dict, groups: list, norm: np.ndarray) -> np.ndarray:
+        """All views into the atlas, then (K, H, W, 3) uint8 with each image's top row first."""
+        ctx, size = self._ctx, self.cfg.size
+        self._fbo.use()
+        ctx.enable(ctx.DEPTH_TEST)
+        self._fbo.clear(*self.cfg.background, 1.0, depth=1.0)
+        for i, view in enumerate(self._views):
+            row, col = divmod(i, self._cols)
+            tile = (col * size, (self._rows - 1 - row) * size, size, size)  # GL counts y from the bottom
+            ctx.viewport = ctx.scissor = tile  # the scissor keeps each view inside its own tile
+            model_view = view @ norm
+            prog["model_view"].write(model_view.T.astype(np.float32).tobytes())  # GL is column-major
+            prog["mvp"].write((self._proj @ model_view).T.astype(np.float32).tobytes())
+            for tex_id, first, count in groups:
+                prog["textured"].value = tex_id >= 0
+                if tex_id >= 0:
+                    textures[tex_id].use(0)
+                    prog["tex"].value = 0
+                if "face_offset" in prog:
+                    prog["face_offset"].value = first
+                vao.render(ctx.TRIANGLES, vertices=3 * count, first=3 * first)
+        ctx.scissor = None  # so the next clear covers the whole atlas
+        if self._resolve is not self._fbo:
+            ctx.copy_framebuffer(self._resolve, self._fbo)
+        raw = self._resolve.read(components=3, alignment=1)
+        atlas = np.frombuffer(raw, dtype=np.uint8).reshape(self._rows * size, self._cols * size, 3)[::-1]
+        tiles = atlas.reshape(self._rows, size, self._cols, size, 3).swapaxes(1, 2).reshape(-1, size, size, 3)
+        return np.ascontiguousarray(tiles[: self.cfg.num_views])
+
+    def _context(self) -> Any:
+        if self._ctx is None:
+            raise RenderError("the renderer is closed")
+        return self._ctx
+
+    def close(self) -> None:
+        """Release the context and everything on it; the renderer cannot be used afterwards."""
+        if self._ctx is not None:
+            self._ctx.release()
+            self._ctx = None
+
+    def __enter__(self) -> Renderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _create_context(device_index: int | None) -> Any:
+    try:
+        import moderngl
+    except ImportError as err:
+        raise RenderError("moderngl is not installed: pip install 'uni3d-ray[data]'") from err
+    kwargs = {"backend": "egl", "require": 430}
+    if device_index is not None:
+        kwargs["device_index"] = device_index
+    try:
+        return moderngl.create_standalone_context(**kwargs)
+    except Exception as err:  # glcontext raises plain Exceptions with the EGL call that failed
+        where = f" (device_index={device_index})" if device_index is not None else ""
+        raise RenderError(f"no EGL device available{where}: {_EGL_HINT}; cause: {err}") from err
