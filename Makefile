@@ -30,6 +30,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/grouping.py
 	$(BIN)/python bench/encoder.py
+	$(BIN)/python bench/meshes.py
+	$(BIN)/python bench/render.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
