@@ -21,6 +21,7 @@ depends on a mesh (buffers, textures, vertex arrays) is created and released ins
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,10 +206,24 @@ def _rgba8(colors: np.ndarray) -> np.ndarray:
 
 
 class Renderer:
-    """Renders meshes into K views; holds one EGL context, reuse it across meshes, then ``close``."""
+    """Renders meshes into K views; holds one EGL context, reuse it across meshes, then ``close``.
+
+    An EGL context can be current on one thread only, and stays bound to the thread that created
+    it. Callers such as Ray Data actors construct on one thread and call from others, so every GL
+    call runs on the renderer's own single GL thread; ``render`` may be called from any thread.
+    """
 
     def __init__(self, cfg: RenderConfig | None = None) -> None:
         self.cfg = cfg = cfg or RenderConfig()
+        self._ctx = None
+        self._gl = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uni3d-gl")
+        try:
+            self._gl.submit(self._setup, cfg).result()
+        except BaseException:
+            self._gl.shutdown()
+            raise
+
+    def _setup(self, cfg: RenderConfig) -> None:
         self._ctx = _create_context(cfg.device_index)
         ctx = self._ctx
         # Keyed by "has face colours"; both share the uniforms set below.
@@ -244,7 +259,8 @@ class Renderer:
     @property
     def device(self) -> str:
         """The OpenGL renderer string, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)" or the GPU's name."""
-        return str(self._context().info["GL_RENDERER"])
+        ctx = self._context()
+        return str(self._gl.submit(lambda: ctx.info["GL_RENDERER"]).result())
 
     def render(self, mesh: Mesh) -> Views:
         """Render ``mesh`` from every pose; raises ``MeshError`` for meshes with nothing to draw."""
@@ -252,20 +268,23 @@ class Renderer:
         _check(mesh)
         order, groups = _face_groups(mesh)
         norm = _normalisation(mesh.vertices, mesh.faces)
-        with ctx:  # make the context current on this thread
-            created: list[Any] = []
-            try:
-                prog, vao, textures = self._upload(mesh, order, groups, created)
-                images = self._draw(prog, vao, textures, groups, norm)
-            finally:
-                for obj in reversed(created):
-                    obj.release()
+        images = self._gl.submit(self._render_gl, ctx, mesh, order, groups, norm).result()
         return Views(
             images=images,
             poses=self._poses.copy(),
             intrinsics=intrinsics(self.cfg),
             normalization=norm.astype(np.float32),
         )
+
+    def _render_gl(self, ctx: Any, mesh: Mesh, order: np.ndarray, groups: list, norm: np.ndarray) -> np.ndarray:
+        with ctx:  # current on the GL thread (a no-op after the first render)
+            created: list[Any] = []
+            try:
+                prog, vao, textures = self._upload(mesh, order, groups, created)
+                return self._draw(prog, vao, textures, groups, norm)
+            finally:
+                for obj in reversed(created):
+                    obj.release()
 
     def _upload(self, mesh: Mesh, order: np.ndarray, groups: list, created: list) -> tuple[Any, Any, dict]:
         """GL objects for ``mesh`` (each appended to ``created``): the program, vertex array, textures."""
@@ -337,8 +356,9 @@ class Renderer:
     def close(self) -> None:
         """Release the context and everything on it; the renderer cannot be used afterwards."""
         if self._ctx is not None:
-            self._ctx.release()
+            self._gl.submit(self._ctx.release).result()
             self._ctx = None
+        self._gl.shutdown()
 
     def __enter__(self) -> Renderer:
         return self

@@ -274,3 +274,12 @@ def test_config_refuses_silent_random_weights_and_bad_fields() -> None:
         TeacherConfig(kind="openclip-random", precision="fp8")
     with pytest.raises(ValueError, match="only"):
         TeacherConfig(kind="minilm", text_only=True)
+
+
+def test_config_knows_the_teacher_name_without_loading(tmp_path) -> None:
+    from uni3d.teachers import build_teacher, parse_teacher
+
+    for spec in ("minilm", "openclip-random:tiny-ViT-32?seed=3"):
+        assert build_teacher(spec).name == parse_teacher(spec).name
+    assert parse_teacher("openclip").name == "openclip:EVA02-E-14-plus/laion2b_s9b_b144k"
+    assert parse_teacher(f"openclip:ViT-B-32@{tmp_path}/x.bin").name == f"openclip:ViT-B-32@{tmp_path}/x.bin"

@@ -373,6 +373,18 @@ class TeacherConfig:
                 )
 
 
+    @property
+    def name(self) -> str:
+        """The ``Teacher.name`` the built teacher carries, known without loading any weights."""
+        if self.kind == "minilm":
+            return f"minilm:{MINILM_MODEL}"
+        if self.kind == "openclip-random":
+            return f"openclip-random:{self.model}?seed={self.seed}"
+        if self.checkpoint is not None:
+            return f"openclip:{self.model}@{Path(self.checkpoint).expanduser().resolve()}"
+        return f"openclip:{self.model}/{self.pretrained}"
+
+
 def parse_teacher(spec: str, **overrides: Any) -> TeacherConfig:
     """Parse a teacher spec string (grammar in the module docstring); ``overrides`` set other fields."""
     kind, _, rest = spec.strip().partition(":")

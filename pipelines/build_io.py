@@ -1,0 +1,114 @@
+"""The files of a build under its output path or URI (local or object storage via ``pyarrow.fs``).
+
+Layout (docs/dataset.md): ``shards/part-<hash>.parquet`` (rows of ``pipelines.schema.SCHEMA``),
+``failures/part-<hash>.parquet`` (``FAILURES_SCHEMA``), ``manifest.json`` and ``_work/`` (the
+listing of the current run). A shard's name is a hash of the uids of its batch, and it appears
+whole or not at all (written to a temporary name, then renamed; object stores publish whole
+objects), so a killed job leaves no partial shard and a re-run skips exactly the uids written.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipelines.schema import (
+    FAILURES_SCHEMA,
+    Manifest,
+    parquet_write_options,
+    read_manifest,
+    rows_to_table,
+    write_manifest,
+)
+
+SHARDS, FAILURES, WORK, MANIFEST = "shards", "failures", "_work", "manifest.json"
+
+
+class BuildStore:
+    def __init__(self, output: str) -> None:
+        self.output = output
+        if "://" in output:
+            self.fs, self.root = pafs.FileSystem.from_uri(output)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(output)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def _files(self, folder: str) -> list[str]:
+        selector = pafs.FileSelector(self.path(folder), allow_not_found=True)
+        return sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith(".")
+        )
+
+    def shard_files(self) -> list[str]:
+        return self._files(SHARDS)
+
+    def failure_files(self) -> list[str]:
+        return self._files(FAILURES)
+
+    def done_uids(self) -> set[str]:
+        """uids already written as rows or as failures: a re-run skips them."""
+        done: set[str] = set()
+        for path in self.shard_files() + self.failure_files():
+            done.update(pq.read_table(path, columns=["uid"], filesystem=self.fs).column("uid").to_pylist())
+        return done
+
+    def _write(self, table: pa.Table, folder: str, name: str, **options: Any) -> None:
+        self.fs.create_dir(self.path(folder), recursive=True)
+        final = self.path(folder, f"{name}.parquet")
+        if not self.local:  # object stores publish an object whole when its upload completes
+            pq.write_table(table, final, filesystem=self.fs, **options)
+            return
+        tmp = self.path(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, tmp, filesystem=self.fs, **options)
+        self.fs.move(tmp, final)  # atomic rename within one filesystem
+
+    def write_shard(self, name: str, rows: list[dict[str, Any]], failures: list[dict[str, str]]) -> None:
+        # Failures first: if the job dies between the two writes, the re-run retries those shapes.
+        if failures:
+            self._write(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), FAILURES, name)
+        if rows:
+            self._write(rows_to_table(rows), SHARDS, name, **parquet_write_options())
+
+    def write_listing(self, rows: Iterable[dict[str, Any]], schema: pa.Schema, chunk: int = 10_000) -> tuple[str, int]:
+        """Stream listing rows into one Parquet file of this run; returns its path and row count."""
+        self.fs.create_dir(self.path(WORK), recursive=True)
+        path = self.path(WORK, f"listing-{uuid.uuid4().hex[:8]}.parquet")
+        count, buffer = 0, []
+        with pq.ParquetWriter(path, schema, filesystem=self.fs) as writer:
+            for row in rows:
+                buffer.append(row)
+                if len(buffer) >= chunk:
+                    writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+                    count, buffer = count + len(buffer), []
+            if buffer or count == 0:
+                writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+                count += len(buffer)
+        return path, count
+
+    def remove(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def manifest_path(self) -> str:
+        return self.output.rstrip("/") + "/" + MANIFEST
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_manifest(self.manifest_path(), manifest)
+
+    def read_manifest(self) -> Manifest:
+        return read_manifest(self.manifest_path())
+
+    def relative(self, path: str) -> str:
+        return path[len(self.root.rstrip("/")) + 1 :]

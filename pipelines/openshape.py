@@ -1,0 +1,332 @@
+"""OpenShape's released training set as a shape source, without Ray (Uni3D spec §5, §7).
+
+OpenShape (Liu et al., NeurIPS 2023) ships one ``.npy`` per shape, the data Uni3D pretrained on: a pickled
+dict with ``xyz`` / ``rgb`` (10,000 points), ``image_feat`` (12 rendered views) and texts (``text`` =
+metadata names, ``blip_caption``, ``msft_caption``, ``retrieval_text``) with their ``*_feat`` embeddings, all
+from OpenCLIP ViT-bigG-14. ``list_openshape`` reads a split file (``train_all.json`` / ``train_no_lvis.json``)
+without opening shape files; ``load_openshape_shape`` turns one file into a ``ShapeData``. Decisions, after
+OpenShape's ``src/data.py`` and Uni3D's ``data/datasets.py``:
+
+- Files go through ``read_openshape_file``, a restricted unpickler that builds only numpy arrays, dtypes and
+  scalars; any other global a file names (``os.system``, ...) raises ``MeshError`` before it can be called.
+- xyz is used as stored (Y up: Uni3D rotates it about y, without OpenShape's y/z swap), subsampled if asked
+  (seeded by the uid), then normalised to the unit sphere. A file without ``rgb``, or whose points all share
+  one grey (r = g = b everywhere), is uncoloured: ``has_color=False``, rgb = 0.4 (spec §1). Otherwise rgb is
+  clipped to [0, 1]; values far outside it (0-255 data) are an error.
+- texts: names, BLIP caption(s), MSFT caption(s), retrieval texts; stripped, empty and non-string ones dropped,
+  duplicates dropped keeping the first. Objaverse keeps only its first name (both loaders use ``text[0]``);
+  with ``text_filter`` (OpenShape's ``gpt4_filtering.json``) names of Objaverse shapes flagged "N" are dropped.
+- Precomputed embeddings are returned only when the requested teacher is exactly ``OPENSHAPE_TEACHER``:
+  ``view_embeddings`` = ``image_feat``, ``text_embeddings`` row i = the embedding of ``texts[i]``. With any other
+  teacher both are None: the build re-embeds the texts, and with no renders the image term is masked.
+  Embedding version ``original`` (of the text itself) by default; OpenShape trained with ``prompt_avg`` (the
+  text in prompt templates, averaged) for names and captions. Retrieval texts only have ``original``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from pipelines.mesh import NO_COLOR, MeshError
+from pipelines.sampling import normalize_unit_sphere
+from pipelines.shapes import ShapeData, ShapeRef
+
+OPENSHAPE_TEACHER = "openclip:ViT-bigG-14/laion2b_s39b_b160k"
+OPENSHAPE_EMBED_DIM = 1280
+MAX_FILE_BYTES = 256 << 20  # an OpenShape file is ~0.3 MB; anything this big is not one
+TEXT_FIELDS = ("text", "blip_caption", "msft_caption", "retrieval_text")  # the order of ShapeData.texts
+KNOWN_DATASETS = ("objaverse", "shapenet", "3d-future", "abo")  # OpenShape's four sources (folder names, lowered)
+_PROBE = 64  # if none of the first _PROBE listed files exists, the root is wrong: fail instead of listing 1M misses
+
+
+@dataclass
+class OpenShapeConfig:
+    root: str  # the folder holding OpenShape's per-source folders (Objaverse/, ShapeNet/, ...) and meta_data/
+    split: str = "train_all.json"  # or train_no_lvis.json, or a path; looked up in root, root/meta_data/split, as is
+    uids: list[str] | None = None  # keep only these ("objaverse/<id>" or the bare id); unknown ones are an error
+    text_embed_version: str = "original"  # or "prompt_avg" (OpenShape's template-averaged name/caption embeddings)
+    text_filter: str | None = None  # OpenShape's gpt4_filtering.json: drop names of Objaverse shapes flagged "N"
+
+    def __post_init__(self) -> None:
+        if self.text_embed_version not in ("original", "prompt_avg"):
+            raise ValueError(f"text_embed_version must be original or prompt_avg, got {self.text_embed_version!r}")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Resolves only the globals ``np.save`` writes for a dict of arrays, strings and numbers."""
+
+    def __init__(self, file: Any, name: str) -> None:
+        super().__init__(file, encoding="latin1")  # latin1: what numpy documents for Python 2 pickles of arrays
+        self._name = name
+        reconstruct, scalar = np.zeros(1).__reduce__()[0], np.float32(0).__reduce__()[0]
+        self._allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+        self._allowed[("_codecs", "encode")] = codecs.encode  # protocol-2 pickles spell bytes as encode(str, latin1)
+        for core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x spellings of the same functions
+            self._allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+            self._allowed[(f"{core}.multiarray", "scalar")] = scalar
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._allowed:
+            raise MeshError(
+                f"{self._name}: refusing to unpickle {module}.{name}: an OpenShape file may only hold numpy arrays, "
+                "dtypes, scalars, strings, lists and dicts"
+            )
+        return self._allowed[(module, name)]
+
+
+def read_openshape_file(path: str | Path) -> dict[str, Any]:
+    """One OpenShape ``.npy`` (``np.save`` of a dict) -> the dict, without running code the file names."""
+    path, name = Path(path), str(path)
+    if not path.is_file():
+        raise MeshError(f"{name}: no such file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise MeshError(f"{name}: file is {path.stat().st_size} bytes, over the limit of {MAX_FILE_BYTES}")
+    with path.open("rb") as fp:
+        try:
+            version = np.lib.format.read_magic(fp)
+        except ValueError as exc:
+            raise MeshError(f"{name}: not a .npy file ({exc})") from None
+        if version not in ((1, 0), (2, 0)):
+            raise MeshError(f"{name}: .npy format version {version} is not supported (1.0 or 2.0)")
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        try:
+            shape, _, dtype = reader(fp)
+        except ValueError as exc:
+            raise MeshError(f"{name}: malformed .npy header ({exc})") from None
+        if dtype != np.dtype(object) or shape != ():
+            raise MeshError(f"{name}: expected a pickled dict (np.save of a dict), found a {shape} {dtype} array")
+        try:
+            obj = _NumpyOnlyUnpickler(fp, name).load()
+        except MeshError:
+            raise
+        except Exception as exc:  # truncated or corrupt pickles raise many types
+            raise MeshError(f"{name}: could not unpickle: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, np.ndarray) and obj.shape == () and obj.dtype == object:
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise MeshError(f"{name}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def list_openshape(cfg: OpenShapeConfig) -> Iterator[ShapeRef]:
+    """The shapes of ``cfg.split``, in file order, one ``ShapeRef`` each; no shape file is opened (texts=[])."""
+    split = _find_split(cfg)
+    entries = json.loads(split.read_text())
+    if isinstance(entries, dict):  # Uni3D's variant: {id: data_path}
+        entries = [{"id": key, "data_path": value} for key, value in entries.items()]
+    if not isinstance(entries, list):
+        raise ValueError(f"{split}: expected a JSON list of entries or an {{id: path}} object")
+    flagged = _read_text_filter(cfg.text_filter) if cfg.text_filter else set()
+    return _iter_refs(cfg, split, entries, flagged)
+
+
+def _iter_refs(cfg: OpenShapeConfig, split: Path, entries: list[Any], flagged: set[str]) -> Iterator[ShapeRef]:
+    root, wanted = Path(cfg.root), (set(cfg.uids) if cfg.uids is not None else None)
+    seen: dict[str, str] = {}
+    listed = found = 0
+    for i, entry in enumerate(entries):
+        data_path, dataset, group, shape_id = _parse_entry(entry, f"{split}[{i}]")
+        uid = f"{dataset.lower()}/{shape_id}"
+        if wanted is not None and uid not in wanted and shape_id not in wanted:
+            continue
+        if uid in seen:
+            if seen[uid] != data_path:
+                raise ValueError(f"{split}[{i}]: uid {uid!r} is listed twice, as {seen[uid]!r} and {data_path!r}")
+            continue  # the same entry twice: list it once
+        seen[uid] = data_path
+        locator, exists = _resolve(root, data_path)
+        listed, found = listed + 1, found + exists
+        if listed == _PROBE and not found:
+            raise FileNotFoundError(f"none of the first {_PROBE} shapes of {split} is under root {root} ({locator})")
+        extra = {"dataset": dataset, "group": group, "id": shape_id, "data_path": data_path}
+        extra["text_embed_version"] = cfg.text_embed_version
+        if dataset.lower() == "objaverse" and shape_id in flagged:
+            extra["drop_names"] = True
+        yield ShapeRef(uid=uid, source="openshape", locator=str(locator), extra=extra)
+    if 0 < listed < _PROBE and not found:
+        raise FileNotFoundError(f"none of the {listed} shapes of {split} is under root {root}")
+    if wanted is not None and (unknown := wanted - set(seen) - {uid.split("/", 1)[1] for uid in seen}):
+        raise ValueError(f"{split}: {len(unknown)} requested uids are not in the split, e.g. {sorted(unknown)[:5]}")
+
+
+def _find_split(cfg: OpenShapeConfig) -> Path:
+    root = Path(cfg.root)
+    candidates = [root / cfg.split, root / "meta_data" / "split" / cfg.split, Path(cfg.split)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"split file {cfg.split!r} not found; looked for {[str(c) for c in candidates]}")
+
+
+def _read_text_filter(path: str) -> set[str]:
+    flags = json.loads(Path(path).read_text())  # {uid: {"flag": "Y" | "N", ...}}
+    return {uid for uid, v in flags.items() if (v.get("flag") if isinstance(v, dict) else v) == "N"}
+
+
+def _parse_entry(entry: Any, where: str) -> tuple[str, str, str, str]:
+    """A split entry (OpenShape's dict or a plain path) -> (data_path, dataset, group, id)."""
+    if isinstance(entry, str):
+        entry = {"data_path": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("data_path"), str) or not entry["data_path"]:
+        raise ValueError(f"{where}: expected a path or a dict with 'data_path', got {entry!r}")
+    data_path = entry["data_path"]
+    parts = PurePosixPath(data_path).parts
+    dataset = entry.get("dataset") or next((p for p in reversed(parts[:-1]) if p.lower() in KNOWN_DATASETS), None)
+    if not dataset and len(parts) >= 3:
+        dataset = parts[-3]  # <dataset>/<group>/<file>
+    if not dataset or dataset == "/":
+        raise ValueError(
+            f"{where}: cannot tell the dataset of {data_path!r} (give 'dataset' or <dataset>/<group>/<file>)"
+        )
+    group = str(entry.get("group") or (parts[-2] if len(parts) >= 2 else ""))
+    return data_path, str(dataset), group, str(entry.get("id") or PurePosixPath(data_path).stem)
+
+
+def _resolve(root: Path, data_path: str) -> tuple[Path, bool]:
+    """The file ``data_path`` names: as written if it exists, else under ``root`` by its trailing components."""
+    path = PurePosixPath(data_path)
+    parts = [p for p in path.parts if p != "/"]
+    rooted = [] if path.is_absolute() else [root / path]
+    rooted += [root.joinpath(*parts[-k:]) for k in range(min(3, len(parts)), 0, -1)]  # dataset/group/file, ...
+    for candidate in ([Path(path)] if path.is_absolute() else []) + rooted:
+        if candidate.is_file():
+            return candidate, True
+    return rooted[0], False  # loading it raises a MeshError that names the file
+
+
+def load_openshape_shape(ref: ShapeRef, teacher_name: str, num_points: int | None = None) -> ShapeData:
+    """One listed shape -> points, texts and, for ``OPENSHAPE_TEACHER`` only, its precomputed embeddings."""
+    name = ref.locator
+    if not Path(name).is_file():
+        raise MeshError(f"{name}: no such file (split entry {ref.extra.get('data_path')!r}; check the root)")
+    data = read_openshape_file(name)
+    points, has_color = _points(data, name, ref.uid, num_points)
+    matched = teacher_name == OPENSHAPE_TEACHER
+    texts, rows = _texts(data, name, ref.extra, matched)
+    if not matched:
+        return ShapeData(points=points, has_color=has_color, texts=texts)
+    views = _features(data.get("image_feat"), "original", name, "image_feat")
+    if not views:
+        raise MeshError(f"{name}: field 'image_feat': missing or empty (OpenShape files hold 12 views)")
+    text_embeddings = np.stack(rows) if rows else np.zeros((0, OPENSHAPE_EMBED_DIM), np.float32)
+    return ShapeData(
+        points=points,
+        has_color=has_color,
+        texts=texts,
+        view_embeddings=np.stack(views),  # (K, 1280)
+        text_embeddings=text_embeddings,  # (T, 1280), row i embeds texts[i]
+        teacher=OPENSHAPE_TEACHER,
+    )
+
+
+def _points(data: dict[str, Any], name: str, uid: str, num_points: int | None) -> tuple[np.ndarray, bool]:
+    xyz = _numeric(data.get("xyz"), name, "xyz")
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
+        raise MeshError(f"{name}: field 'xyz': expected a non-empty (N, 3) array, got shape {xyz.shape}")
+    if not np.isfinite(xyz).all():
+        raise MeshError(f"{name}: field 'xyz': {int((~np.isfinite(xyz)).any(axis=1).sum())} points are not finite")
+    rgb = None if data.get("rgb") is None else _numeric(data["rgb"], name, "rgb")
+    if rgb is not None:
+        if rgb.shape != xyz.shape:
+            raise MeshError(f"{name}: field 'rgb': shape {rgb.shape} does not match xyz {xyz.shape}")
+        if not np.isfinite(rgb).all() or rgb.min() < -0.01 or rgb.max() > 1.01:
+            raise MeshError(f"{name}: field 'rgb': values must be finite and in [0, 1] (0-255 data?)")
+    grey = rgb is not None and float(np.ptp(rgb)) <= 1.0 / 255.0  # one grey everywhere: an untextured render colour
+    has_color = rgb is not None and not grey
+    if num_points is not None and num_points != len(xyz):
+        if num_points <= 0 or num_points > len(xyz):
+            raise MeshError(f"{name}: field 'xyz': cannot take {num_points} points from the file's {len(xyz)}")
+        seed = int.from_bytes(hashlib.sha256(uid.encode()).digest()[:8], "little")
+        index = np.sort(np.random.default_rng(seed).choice(len(xyz), num_points, replace=False))
+        xyz, rgb = xyz[index], (rgb[index] if rgb is not None else None)
+    try:
+        xyz = normalize_unit_sphere(xyz.astype(np.float64))
+    except ValueError as exc:
+        raise MeshError(f"{name}: field 'xyz': {exc}") from None
+    out = np.full((len(xyz), 6), NO_COLOR, np.float32)  # (N, 6)
+    out[:, :3] = xyz
+    if has_color:
+        out[:, 3:] = np.clip(rgb, 0.0, 1.0)
+    return out, has_color
+
+
+def _numeric(value: Any, name: str, key: str) -> np.ndarray:
+    if value is None:
+        raise MeshError(f"{name}: field {key!r}: missing")
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise MeshError(f"{name}: field {key!r}: not a numeric array ({type(value).__name__})") from None
+
+
+def _texts(data: dict[str, Any], name: str, extra: dict[str, Any], matched: bool) -> tuple[list[str], list[Any]]:
+    """Cleaned texts in ``TEXT_FIELDS`` order and, when ``matched``, their embedding rows (else Nones)."""
+    texts: list[str] = []
+    rows: list[Any] = []
+    for key in TEXT_FIELDS:
+        if key == "text" and extra.get("drop_names"):
+            continue
+        raw = _strings(data.get(key))
+        feats: list[Any] = [None] * len(raw)
+        if matched and any(t and t.strip() for t in raw):  # features of an all-empty field are never needed
+            version = "original" if key == "retrieval_text" else extra.get("text_embed_version", "original")
+            feats = _features(data.get(f"{key}_feat"), version, name, f"{key}_feat")
+            if len(feats) != len(raw):
+                raise MeshError(f"{name}: field '{key}_feat': {len(feats)} embeddings for {len(raw)} texts in {key!r}")
+        pairs = list(zip(raw, feats, strict=True))
+        if key == "text" and str(extra.get("dataset", "")).lower() == "objaverse":
+            pairs = pairs[:1]  # OpenShape and Uni3D use only an Objaverse shape's first name
+        for text, feat in pairs:
+            text = text.strip() if text else ""
+            if text and text not in texts:
+                texts.append(text)
+                rows.append(feat)
+    return texts, rows
+
+
+def _strings(value: Any) -> list[str | None]:
+    """A text field (None, a string, or a list/array of them) -> one slot per text; non-strings become None."""
+    if value is None:
+        return []
+    if isinstance(value, str | bytes) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        value = [value.item() if isinstance(value, np.ndarray) else value]
+    if not isinstance(value, list | tuple | np.ndarray):
+        return [None]
+    out: list[str | None] = []
+    for item in value:
+        item = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+        out.append(str(item) if isinstance(item, str) else None)
+    return out
+
+
+def _features(value: Any, version: str, name: str, key: str) -> list[np.ndarray]:
+    """An embedding field -> its rows: an (n, E) or (E,) array, a {version: array} dict, or a list of those."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        if version not in value:
+            raise MeshError(f"{name}: field {key!r}: no {version!r} embedding (keys {sorted(value)})")
+        return _features(value[version], version, name, key)
+    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.dtype == object):
+        return [row for item in value for row in _features(item, version, name, key)]
+    arr = _numeric(value, name, key)
+    if arr.size == 0:
+        return []
+    arr = arr[None] if arr.ndim == 1 else arr
+    if arr.ndim != 2 or arr.shape[1] != OPENSHAPE_EMBED_DIM:
+        raise MeshError(
+            f"{name}: field {key!r}: expected ({OPENSHAPE_EMBED_DIM},) or (n, {OPENSHAPE_EMBED_DIM}) "
+            f"embeddings of {OPENSHAPE_TEACHER}, got shape {np.shape(value)}"
+        )
+    if not np.isfinite(arr).all():
+        raise MeshError(f"{name}: field {key!r}: embeddings are not finite")
+    return list(arr)

@@ -1,0 +1,241 @@
+"""The build's stages as Ray Data batch UDFs: pure per batch, stateful ones as callable classes.
+
+Rows stream through three actor pools: ``ShapeWorker`` (fetch, load, sample, render: the mesh never
+leaves the process that loaded it), ``Embedder`` (the teacher: view images, then texts) and
+``ShardWriter`` (Parquet shards written atomically, failures table). A row that fails keeps its
+``error_*`` columns and passes through the later stages untouched, so one bad shape never stops
+the job and each failure is recorded with the stage it happened in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.schema import decode_points, encode_embeddings, encode_points, make_row
+from pipelines.shapes import ShapeRef, StageError
+
+# Columns added to the listing by the workers (the listing has uid, source, locator, category, texts, extra).
+WORK_COLUMNS: dict[str, pa.DataType] = {
+    "has_color": pa.bool_(),
+    "num_points": pa.int32(),
+    "xyz": pa.binary(),
+    "rgb": pa.binary(),
+    "images": pa.binary(),  # (K, H, W, 3) uint8, dropped after embedding
+    "num_images": pa.int32(),
+    "image_size": pa.int32(),
+    "pre_view_embeddings": pa.binary(),  # embeddings a source ships (OpenShape), float16
+    "pre_text_embeddings": pa.binary(),
+    "pre_teacher": pa.string(),
+    "view_embeddings": pa.binary(),
+    "text_embeddings": pa.binary(),
+    "num_views": pa.int32(),
+    "teacher": pa.string(),
+    "embed_dim": pa.int32(),
+    "error_stage": pa.string(),
+    "error_type": pa.string(),
+    "error_message": pa.string(),
+    "seconds": pa.map_(pa.string(), pa.float64()),  # per-stage wall time of this row
+}
+
+
+def _rows(batch: pa.Table) -> list[dict[str, Any]]:
+    return batch.to_pylist()
+
+
+def _fail(row: dict[str, Any], stage: str, err: BaseException) -> None:
+    row.update(error_stage=stage, error_type=type(err).__name__, error_message=str(err)[:2000])
+
+
+def _table(rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> pa.Table:
+    names = [n for n in rows[0] if n not in drop] if rows else []
+    base = {
+        "uid": pa.string(),
+        "source": pa.string(),
+        "locator": pa.string(),
+        "category": pa.string(),
+        "texts": pa.list_(pa.string()),
+        "extra": pa.string(),
+    }
+    fields = [pa.field(n, base.get(n) or WORK_COLUMNS[n]) for n in names]
+    return pa.Table.from_pylist([{n: r.get(n) for n in names} for r in rows], schema=pa.schema(fields))
+
+
+def _blank(row: dict[str, Any]) -> dict[str, Any]:
+    for name in WORK_COLUMNS:
+        row.setdefault(name, None)
+    row["seconds"] = dict(row.get("seconds") or {})
+    return row
+
+
+class ShapeWorker:
+    """Fetch + load + sample + render, one actor holding the renderer (and a downloader)."""
+
+    def __init__(
+        self, num_points: int, seed: int, num_views: int, image_size: int, msaa: int, context: dict[str, Any]
+    ) -> None:
+        self.num_points, self.seed, self.num_views = num_points, seed, num_views
+        self.context = dict(context)
+        self.renderer = None
+        if num_views > 0:
+            from pipelines.render import RenderConfig, Renderer
+
+            self.renderer = Renderer(RenderConfig(num_views=num_views, size=image_size, samples=msaa))
+        self.image_size = image_size
+        if "objaverse" in self.context:
+            from pipelines.objaverse import Downloader
+
+            self.context["downloader"] = Downloader(self.context["objaverse"])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from pipelines.sources import materialise
+
+        rows = [_blank(r) for r in _rows(batch)]
+        for row in rows:
+            ref = ShapeRef.from_row(row)
+            try:
+                data, seconds = materialise(ref, self.num_points, self.seed, self.context)
+            except StageError as err:  # one bad shape never stops the job: record it
+                _fail(row, err.stage, err.cause)
+                continue
+            row["seconds"].update(seconds)
+            row.update(encode_points(data.points), has_color=data.has_color, texts=data.texts or row["texts"])
+            if data.view_embeddings is not None:
+                row["pre_view_embeddings"] = encode_embeddings(data.view_embeddings)
+            if data.text_embeddings is not None:
+                row["pre_text_embeddings"] = encode_embeddings(data.text_embeddings)
+            row["pre_teacher"] = data.teacher or None
+            if self.renderer is not None and data.mesh is not None:
+                start = time.perf_counter()
+                try:
+                    views = self.renderer.render(data.mesh)
+                except Exception as err:
+                    _fail(row, "render", err)
+                    continue
+                row["seconds"]["render"] = time.perf_counter() - start
+                row.update(images=views.images.tobytes(), num_images=len(views.images), image_size=self.image_size)
+        return _table(rows)
+
+
+class Embedder:
+    """The teacher: embeds each shape's rendered views and its texts (float16 in the output)."""
+
+    def __init__(self, teacher: str) -> None:
+        from uni3d.teachers import build_teacher
+
+        self.teacher = build_teacher(teacher)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [_blank(r) for r in _rows(batch)]
+        for row in rows:
+            row.update(teacher=self.teacher.name, embed_dim=self.teacher.embed_dim)
+        todo = [r for r in rows if not r["error_stage"]]
+        self._embed_views(todo)
+        self._embed_texts([r for r in todo if not r["error_stage"]])
+        return _table(rows, drop=("images", "pre_view_embeddings", "pre_text_embeddings"))
+
+    def _embed_views(self, rows: list[dict[str, Any]]) -> None:
+        dim = self.teacher.embed_dim
+        for row in rows:
+            start = time.perf_counter()
+            try:
+                if row["pre_teacher"] == self.teacher.name and row["pre_view_embeddings"]:
+                    emb = np.frombuffer(row["pre_view_embeddings"], "<f2").reshape(-1, dim)
+                elif row["images"]:
+                    size = row["image_size"]
+                    images = np.frombuffer(row["images"], np.uint8).reshape(-1, size, size, 3)
+                    emb = self.teacher.encode_image(images)
+                else:
+                    emb = np.zeros((0, dim), np.float32)
+            except Exception as err:
+                _fail(row, "embed_image", err)
+                continue
+            row.update(view_embeddings=encode_embeddings(emb), num_views=len(emb))
+            row["seconds"]["embed_image"] = time.perf_counter() - start
+
+    def _embed_texts(self, rows: list[dict[str, Any]]) -> None:
+        dim = self.teacher.embed_dim
+        start = time.perf_counter()
+        fresh = [r for r in rows if not (r["pre_teacher"] == self.teacher.name and r["pre_text_embeddings"])]
+        texts = [t for r in fresh for t in r["texts"]]
+        try:
+            emb = self.teacher.encode_text(texts) if texts else np.zeros((0, dim), np.float32)
+        except Exception as err:  # a whole batch failed: record it on each of its shapes
+            for row in fresh:
+                _fail(row, "embed_text", err)
+            return
+        offset = 0
+        for row in rows:
+            if row in fresh:
+                n = len(row["texts"])
+                row["text_embeddings"] = encode_embeddings(emb[offset : offset + n])
+                offset += n
+            else:
+                row["text_embeddings"] = row["pre_text_embeddings"]
+            row["seconds"]["embed_text"] = (time.perf_counter() - start) / max(1, len(rows))
+
+
+class ShardWriter:
+    """Writes one Parquet shard per batch (atomically, deterministic name) plus a failures file.
+
+    Returns one small summary row per shape (uid, stage of failure or "", per-stage seconds) that
+    the driver reduces into progress and the final summary.
+    """
+
+    def __init__(self, output: str) -> None:
+        from pipelines.build_io import BuildStore
+
+        self.store = BuildStore(output)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        good, failures, summary = [], [], []
+        for row in _rows(batch):
+            stage = row.get("error_stage") or ""
+            if not stage:
+                try:
+                    good.append(self._schema_row(row))
+                except Exception as err:
+                    stage = "write"
+                    _fail(row, stage, err)
+            if stage:
+                failures.append(
+                    {
+                        "uid": row["uid"],
+                        "source": row["source"],
+                        "stage": stage,
+                        "error_type": row.get("error_type") or "Error",
+                        "message": row.get("error_message") or "",
+                    }
+                )
+            summary.append({"uid": row["uid"], "stage": stage, "seconds": dict(row.get("seconds") or [])})
+        name = "part-" + hashlib.sha1("\n".join(sorted(r["uid"] for r in batch.to_pylist())).encode()).hexdigest()[:16]
+        start = time.perf_counter()
+        self.store.write_shard(name, good, failures)
+        for s in summary:
+            s["seconds"]["write"] = (time.perf_counter() - start) / max(1, len(summary))
+        return pa.Table.from_pylist(
+            summary,
+            schema=pa.schema(
+                [("uid", pa.string()), ("stage", pa.string()), ("seconds", pa.map_(pa.string(), pa.float64()))]
+            ),
+        )
+
+    @staticmethod
+    def _schema_row(row: dict[str, Any]) -> dict[str, Any]:
+        dim = row["embed_dim"]
+        return make_row(
+            uid=row["uid"],
+            source=row["source"],
+            category=row["category"] or None,
+            texts=row["texts"],
+            points=decode_points(row["xyz"], row["rgb"]),
+            has_color=row["has_color"],
+            teacher=row["teacher"],
+            embed_dim=dim,
+            text_embeddings=np.frombuffer(row["text_embeddings"], "<f2").astype(np.float32).reshape(-1, dim),
+            view_embeddings=np.frombuffer(row["view_embeddings"] or b"", "<f2").astype(np.float32).reshape(-1, dim),
+        )
