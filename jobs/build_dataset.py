@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> tuple[BuildConfig, argparse.Namespace]
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     manifest = run_build(cfg)
     return 0 if manifest.num_shapes else 1
 

@@ -28,7 +28,9 @@ class SourceConfig:
     # objaverse
     base_url: str | None = None  # None = the Hugging Face dataset; tests point it at a local server
     lvis: str = "include"  # include | exclude (the paper's "no LVIS" set) | only
-    download_concurrency: int = 8
+    download_concurrency: int = 8  # parallel downloads per shape worker
+    download_retries: int = 6  # retries on 429 / 5xx / timeouts / truncated bodies, exponential backoff
+    download_timeout_s: float = 60.0
     # openshape
     split: str = "train_all.json"
 

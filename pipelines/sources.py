@@ -151,7 +151,12 @@ def _timed(times: dict[str, float], stage: str, fn: Any) -> Any:
 def objaverse_config(cfg: SourceConfig, output: str) -> Any:
     from pipelines.objaverse import ObjaverseConfig
 
-    kwargs: dict[str, Any] = {"lvis": cfg.lvis, "max_concurrency": cfg.download_concurrency}
+    kwargs: dict[str, Any] = {
+        "lvis": cfg.lvis,
+        "max_concurrency": cfg.download_concurrency,
+        "retries": cfg.download_retries,
+        "timeout_s": cfg.download_timeout_s,
+    }
     if cfg.base_url:
         kwargs["base_url"] = cfg.base_url
     return ObjaverseConfig(cache_dir=cfg.root or f"{output}/cache/objaverse", **kwargs)

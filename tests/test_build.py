@@ -1,0 +1,211 @@
+"""The dataset build end to end on a local Ray: sources, failures, resume, sharding, Objaverse over HTTP."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import trimesh
+from conftest import SHARED
+from http_fixtures import FaultServer
+
+from pipelines.build_io import BuildStore
+from pipelines.schema import decode_embeddings, decode_points_batch, read_manifest, validate_table
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "num_points=1024", "--set", "rows_per_shard=4", "--set", "progress_every_s=0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def build(*args: str) -> int:
+    from jobs.build_dataset import main
+
+    return main([*SMALL, *args])
+
+
+def shards(out: Path):
+    return pq.read_table(out / "shards")
+
+
+def failures(out: Path) -> list[dict]:
+    folder = out / "failures"
+    return pq.read_table(folder).to_pylist() if folder.exists() else []
+
+
+def test_procedural_build_with_the_text_teacher(tmp_path: Path) -> None:
+    out = tmp_path / "proc"
+    assert build("--out", str(out), "--set", "source.num_shapes=14") == 0
+    table = shards(out)
+    validate_table(table, where=str(out))
+    assert table.num_rows == 14 and len(set(table["uid"].to_pylist())) == 14
+    assert set(table["category"].to_pylist()) >= {"chair", "table", "tree"}
+    points = decode_points_batch(table)  # (14, 1024, 6)
+    assert points.shape == (14, 1024, 6)
+    assert np.abs(np.linalg.norm(points[..., :3], axis=-1).max() - 1) < 2e-3
+    texts, counts = decode_embeddings(table["text_embeddings"], 384)
+    assert counts.tolist() == [len(t) for t in table["texts"].to_pylist()]
+    assert np.allclose(np.linalg.norm(texts[0, : counts[0]], axis=-1), 1, atol=2e-3)
+    assert table["num_views"].to_pylist() == [0] * 14  # MiniLM is text-only: nothing rendered
+    manifest = read_manifest(out / "manifest.json")
+    assert (manifest.num_shapes, manifest.teacher, manifest.embed_dim) == (14, "minilm:all-MiniLM-L6-v2", 384)
+    assert manifest.failures == {} and len(manifest.shards) == len(list((out / "shards").glob("*.parquet")))
+    assert manifest.config["source"]["num_shapes"] == 14
+    # The build is readable by Ray Data as well.
+    import ray
+
+    assert ray.data.read_parquet(str(out / "shards")).count() == 14
+
+
+def test_shared_meshes_with_the_image_teacher(tmp_path: Path) -> None:
+    out = tmp_path / "meshes"
+    labels = str(SHARED / "meshes" / "labels.json")
+    args = ["--source", "local", "--root", str(SHARED / "meshes"), "--out", str(out)]
+    args += ["--teacher", "openclip-random:tiny-ViT-32", "--set", f"source.metadata={labels}"]
+    assert build(*args, "--set", "num_views=3", "--set", "image_size=64") == 0
+    table = shards(out)
+    validate_table(table, where=str(out))
+    written = set(table["uid"].to_pylist())
+    broken = {f"broken/{p.name}" for p in (SHARED / "meshes" / "broken").iterdir()}
+    expected = {f"{d}/{p.name}" for d in ("real", "odd") for p in (SHARED / "meshes" / d).iterdir()}
+    assert written == expected
+    rows = failures(out)
+    assert sorted(r["uid"] for r in rows) == sorted(broken)  # one row per broken file, none for the others
+    assert all(
+        r["stage"] == "load" and r["error_type"] == "MeshError" and r["uid"].split("/")[1] in r["message"] for r in rows
+    )
+    assert set(table["num_views"].to_pylist()) == {3}
+    views, counts = decode_embeddings(table["view_embeddings"], 64)
+    assert counts.tolist() == [3] * len(written) and np.isfinite(views).all()
+    row = next(r for r in table.to_pylist() if r["uid"] == "real/colored_tetra.ply")
+    assert row["has_color"] and row["category"] == "tetrahedron" and row["texts"] == ["tetrahedron"]
+    assert read_manifest(out / "manifest.json").failures == {"load": len(broken)}
+
+
+def test_rerun_skips_what_is_written_limit_and_shards(tmp_path: Path) -> None:
+    out = tmp_path / "resume"
+    common = ["--out", str(out), "--set", "source.num_shapes=12"]
+    assert build(*common, "--limit", "5") == 0
+    assert shards(out).num_rows == 5
+    assert build(*common, "--shard", "0/2") == 0
+    first_half = shards(out).num_rows
+    assert build(*common, "--shard", "1/2") == 0
+    uids = shards(out)["uid"].to_pylist()
+    assert len(uids) == len(set(uids)) == 12 and 5 < first_half < 12
+    assert build(*common) == 0  # nothing left: nothing written twice
+    assert shards(out).num_rows == 12
+    with pytest.raises(ValueError, match="was built with teacher='minilm'"):
+        build(*common, "--teacher", "openclip-random:tiny-ViT-32")
+
+
+def test_killed_build_resumes_without_duplicates_or_loss(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    # Rendering 12 views per shape keeps the job busy long enough to be killed halfway.
+    job = [
+        "--out",
+        str(out),
+        "--teacher",
+        "openclip-random:tiny-ViT-32",
+        "--set",
+        "source.num_shapes=200",
+        "--set",
+        "rows_per_shard=4",
+        "--set",
+        "resources.shape_batch=1",
+        "--set",
+        "resources.embed_batch=2",
+    ]
+    cmd = [sys.executable, str(ROOT / "jobs" / "build_dataset.py"), *SMALL, *job]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, not this test's
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((out / "shards").glob("*.parquet")):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the build finished before it could be killed"
+        os.killpg(proc.pid, 9)
+    finally:
+        proc.wait(timeout=30)
+    partial = shards(out).num_rows
+    assert 0 < partial < 200
+    assert build(*job) == 0
+    uids = shards(out)["uid"].to_pylist()
+    assert len(uids) == len(set(uids)) == 200
+    assert set(uids) == {f"proc-{c}-{i}" for i, c in zip(range(200), _cycle_categories(200), strict=True)}
+
+
+def _cycle_categories(n: int) -> list[str]:
+    from pipelines.procedural import CATEGORIES
+
+    return [CATEGORIES[i % len(CATEGORIES)] for i in range(n)]
+
+
+def _hub(root: Path) -> list[str]:
+    """A tiny Objaverse hub layout: two shards, one LVIS category, one missing file."""
+    uids = [f"{k:032x}" for k in range(1, 5)]
+    paths = {u: f"glbs/000-00{k // 2}/{u}.glb" for k, u in enumerate(uids)}
+    root.joinpath("metadata").mkdir(parents=True)
+    root.joinpath("object-paths.json.gz").write_bytes(gzip.compress(json.dumps(paths).encode()))
+    root.joinpath("lvis-annotations.json.gz").write_bytes(gzip.compress(json.dumps({"chair": [uids[0]]}).encode()))
+    for shard in ("000-000", "000-001"):
+        meta = {u: {"name": f"Box_{u[-1]}", "tags": [{"name": "box"}]} for u in uids if shard in paths[u]}
+        root.joinpath("metadata", f"{shard}.json.gz").write_bytes(gzip.compress(json.dumps(meta).encode()))
+    for u in uids[:3]:  # the last one is missing on the server: a 404
+        root.joinpath(paths[u]).parent.mkdir(parents=True, exist_ok=True)
+        root.joinpath(paths[u]).write_bytes(trimesh.creation.box().export(file_type="glb"))
+    return [paths[u] for u in uids]
+
+
+def test_objaverse_source_over_a_faulty_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    paths = _hub(tmp_path / "hub")
+    out = tmp_path / "obja"
+    with FaultServer(tmp_path / "hub") as server:
+        server.faults[paths[0]] = ["500", "429:0"]
+        server.faults[paths[1]] = ["truncate"]
+        args = [
+            "--source",
+            "objaverse",
+            "--out",
+            str(out),
+            "--set",
+            f"source.base_url={server.url}",
+            "--set",
+            "source.download_timeout_s=5",
+        ]
+        assert build(*args) == 0
+        assert server.counts[paths[0]] == 3 and server.counts[paths[1]] == 2
+        table = shards(out)
+        assert table.num_rows == 3
+        row = next(r for r in table.to_pylist() if r["category"])
+        assert row["category"] == "chair" and "Box 1" in row["texts"]
+        (missing,) = failures(out)
+        assert missing["stage"] == "fetch" and "404" in missing["message"]
+        # A re-run downloads nothing again: the cache and the written shards are reused.
+        before = sum(server.counts.values())
+        assert build(*args) == 0
+        assert sum(server.counts.values()) - before <= 3  # only annotation look-ups, no GLB
+        assert shards(out).num_rows == 3
+
+
+def test_build_store_lists_only_finished_shards(tmp_path: Path) -> None:
+    store = BuildStore(str(tmp_path / "b"))
+    (tmp_path / "b" / "shards").mkdir(parents=True)
+    (tmp_path / "b" / "shards" / ".part-x.123.tmp").write_bytes(b"partial")
+    assert store.shard_files() == [] and store.done_uids() == set()
