@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
-    manifest = run_build(cfg)
-    return 0 if manifest.num_shapes else 1
+    report = run_build(cfg)
+    return 0 if report.manifest.num_shapes else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import ray
@@ -35,6 +36,17 @@ LISTING_SCHEMA = pa.schema(
         ("extra", pa.string()),
     ]
 )
+
+
+@dataclass
+class BuildReport:
+    """What one run did (the manifest describes the whole build)."""
+
+    manifest: Manifest
+    shapes: int = 0  # shapes processed by this run, written or failed
+    failures: dict[str, int] = field(default_factory=dict)  # stage -> shapes this run
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> summed wall time over shapes
+    wall_s: float = 0.0  # pipeline wall time, listing excluded
 
 
 def in_shard(uid: str, index: int, count: int) -> bool:
@@ -79,7 +91,21 @@ def check_same_build(store: BuildStore, cfg: BuildConfig) -> None:
             )
 
 
-def run_build(cfg: BuildConfig, log: Callable[[str], None] = print) -> Manifest:
+def check_resources(cfg: BuildConfig) -> None:
+    """Fail fast when the actor pools cannot all start next to Ray Data's listing task."""
+    available = ray.cluster_resources().get("CPU", 0.0)
+    needed = cfg.resources.actor_cpus() + 1.0
+    if cfg.resources.check_fits and needed > available + 1e-9:
+        raise ValueError(
+            f"the build's actors ask for {cfg.resources.actor_cpus():g} CPUs (resources.shape_workers x "
+            f"shape_worker_cpus + embed_workers x embed_worker_cpus + writer_cpus) and Ray Data's listing needs "
+            f"1 more, but the cluster has {available:g}: lower resources.* (or set resources.check_fits=false "
+            "on an autoscaling cluster)"
+        )
+
+
+def run_build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildReport:
+    check_resources(cfg)
     store = BuildStore(cfg.output)
     check_same_build(store, cfg)
     store.fs.create_dir(store.path("_work"), recursive=True)
@@ -95,7 +121,8 @@ def run_build(cfg: BuildConfig, log: Callable[[str], None] = print) -> Manifest:
     )
     stats = _run(cfg, store, listing, total, log) if total else {"failures": Counter(), "seconds": Counter(), "n": 0}
     store.remove(listing)
-    return _finish(cfg, store, stats, log)
+    manifest = _finish(cfg, store, stats, log)
+    return BuildReport(manifest, stats["n"], dict(stats["failures"]), dict(stats["seconds"]), stats.get("wall", 0.0))
 
 
 def _pipeline(cfg: BuildConfig, store: BuildStore, listing: str, total: int) -> ray.data.Dataset:

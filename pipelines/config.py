@@ -50,6 +50,14 @@ class ResourceConfig:
     embed_batch: int = 16
     writer_cpus: float = 0.1
     read_cpus: float = 0.25
+    # Refuse to start when the actor pools leave no CPU for Ray Data's 1-CPU listing task (it would wait
+    # forever). Turn off on autoscaling clusters whose CPUs appear only once the job asks for them.
+    check_fits: bool = True
+
+    def actor_cpus(self) -> float:
+        return (
+            self.shape_workers * self.shape_worker_cpus + self.embed_workers * self.embed_worker_cpus + self.writer_cpus
+        )
 
 
 @dataclass

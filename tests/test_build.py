@@ -112,6 +112,8 @@ def test_rerun_skips_what_is_written_limit_and_shards(tmp_path: Path) -> None:
     assert shards(out).num_rows == 12
     with pytest.raises(ValueError, match="was built with teacher='minilm'"):
         build(*common, "--teacher", "openclip-random:tiny-ViT-32")
+    with pytest.raises(ValueError, match="actors ask for 2.35 CPUs .* the cluster has 2"):
+        build(*common, "--set", "resources.shape_workers=4", "--set", "resources.shape_worker_cpus=0.5")
 
 
 def test_killed_build_resumes_without_duplicates_or_loss(tmp_path: Path) -> None:
@@ -209,3 +211,31 @@ def test_build_store_lists_only_finished_shards(tmp_path: Path) -> None:
     (tmp_path / "b" / "shards").mkdir(parents=True)
     (tmp_path / "b" / "shards" / ".part-x.123.tmp").write_bytes(b"partial")
     assert store.shard_files() == [] and store.done_uids() == set()
+
+
+def test_openshape_files_are_rebuilt_with_another_teacher(tmp_path: Path) -> None:
+    root = tmp_path / "openshape"
+    rng = np.random.default_rng(0)
+    entries = []
+    for k in range(3):
+        rel = f"Objaverse/000-000/shape{k}.npy"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "xyz": rng.normal(size=(2000, 3)).astype(np.float32),
+            "rgb": rng.random((2000, 3)).astype(np.float32),
+            "text": [f"object number {k}"],
+            "text_feat": [{"original": rng.normal(size=(1, 1280))}],
+            "blip_caption": f"a small thing {k}",
+            "blip_caption_feat": {"original": rng.normal(size=(1, 1280))},
+            "image_feat": rng.normal(size=(12, 1280)).astype(np.float32),
+        }
+        np.save(root / rel, data, allow_pickle=True)
+        entries.append({"dataset": "Objaverse", "group": "000-000", "data_path": f"/mnt/data/{rel}"})
+    (root / "train_all.json").write_text(json.dumps(entries))
+    out = tmp_path / "os-build"
+    assert build("--source", "openshape", "--root", str(root), "--out", str(out)) == 0
+    table = shards(out)
+    assert sorted(table["uid"].to_pylist()) == [f"objaverse/shape{k}" for k in range(3)]
+    row = next(r for r in table.to_pylist() if r["uid"] == "objaverse/shape1")
+    assert row["texts"] == ["object number 1", "a small thing 1"] and row["embed_dim"] == 384
+    assert row["num_views"] == 0  # OpenShape's bigG view features do not transfer to MiniLM; no renders exist
