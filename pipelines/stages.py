@@ -168,9 +168,9 @@ class Embedder:
             for row in fresh:
                 _fail(row, "embed_text", err)
             return
-        offset = 0
+        offset, fresh_ids = 0, {id(r) for r in fresh}
         for row in rows:
-            if row in fresh:
+            if id(row) in fresh_ids:
                 n = len(row["texts"])
                 row["text_embeddings"] = encode_embeddings(emb[offset : offset + n])
                 offset += n
