@@ -38,3 +38,23 @@ class Mesh:
     @property
     def num_faces(self) -> int:
         return int(self.faces.shape[0])
+
+
+@dataclass
+class MeshPart:
+    """One geometry instance in world coordinates, with its own colour source (loaders merge these into a Mesh)."""
+
+    vertices: np.ndarray  # (V, 3) float64
+    faces: np.ndarray  # (F, 3) int64
+    vertex_colors: np.ndarray | None = None  # (V, 3) in [0, 1]
+    face_colors: np.ndarray | None = None  # (F, 3): face colour, or base colour factor if textured
+    uv: np.ndarray | None = None  # (V, 2) glTF convention
+    texture: int = -1  # index into the scene's texture list
+
+
+def unit_colors(values: np.ndarray) -> np.ndarray:
+    """Colours to float in [0, 1]: integers (or any value > 1) are 0-255, uint16 is 0-65535."""
+    if values.dtype == np.uint16:
+        return values / 65535.0
+    scale = 255.0 if values.dtype.kind in "iu" or values.max(initial=0) > 1 else 1.0
+    return np.clip(values.astype(np.float64) / scale, 0.0, 1.0)
