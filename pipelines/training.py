@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ def train_loop(config: dict[str, Any]) -> None:
                         f.write(json.dumps(metrics) + "\n")
                 ckpt = _save(model, optimizer, step, meta) if rank == 0 and step == config["total_steps"] else None
                 ray.train.report(metrics, checkpoint=ckpt)
+                if ckpt is not None:  # report has persisted it to the run's storage
+                    shutil.rmtree(ckpt.path, ignore_errors=True)
                 window, waited, last = [], 0.0, now
             fetch = time.perf_counter()
 
