@@ -16,26 +16,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from pipelines.build_io import BuildStore
 from pipelines.config import BuildConfig, parse_shard
-from pipelines.schema import Manifest
+from pipelines.schema import FAILURES_SCHEMA, Manifest
 from pipelines.shapes import ShapeRef
 from pipelines.sources import list_shapes, objaverse_config
-from pipelines.stages import Embedder, ShapeWorker, ShardWriter
-
-LISTING_SCHEMA = pa.schema(
-    [
-        ("uid", pa.string()),
-        ("source", pa.string()),
-        ("locator", pa.string()),
-        ("category", pa.string()),
-        ("texts", pa.list_(pa.string())),
-        ("extra", pa.string()),
-    ]
-)
+from pipelines.stages import LISTING_SCHEMA, Embedder, ShapeWorker, ShardWriter
 
 
 @dataclass
@@ -191,18 +181,14 @@ def _run(cfg: BuildConfig, store: BuildStore, listing: str, total: int, log: Cal
 
 
 def _finish(cfg: BuildConfig, store: BuildStore, stats: dict, log: Callable[[str], None]) -> Manifest:
-    import pyarrow.parquet as pq
-
-    from pipelines.schema import FAILURES_SCHEMA
-
     shards = store.shard_files()
     num_shapes = num_views = num_texts = 0
     teacher, embed_dim = cfg.teacher, 0
     for path in shards:
         table = pq.read_table(path, columns=["num_views", "texts", "teacher", "embed_dim"], filesystem=store.fs)
         num_shapes += table.num_rows
-        num_views += pa.compute.sum(table["num_views"]).as_py() or 0
-        num_texts += pa.compute.sum(pa.compute.list_value_length(table["texts"])).as_py() or 0
+        num_views += pc.sum(table["num_views"]).as_py() or 0
+        num_texts += pc.sum(pc.list_value_length(table["texts"])).as_py() or 0
         if table.num_rows:
             teacher, embed_dim = table["teacher"][0].as_py(), table["embed_dim"][0].as_py()
     failures: Counter[str] = Counter()

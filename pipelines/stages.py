@@ -19,6 +19,18 @@ import pyarrow as pa
 from pipelines.schema import decode_points, encode_embeddings, encode_points, make_row
 from pipelines.shapes import ShapeRef, StageError
 
+# The listing the build streams: one row per shape (``ShapeRef.to_row``).
+LISTING_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("source", pa.string()),
+        ("locator", pa.string()),
+        ("category", pa.string()),
+        ("texts", pa.list_(pa.string())),
+        ("extra", pa.string()),
+    ]
+)
+
 # Columns added to the listing by the workers (the listing has uid, source, locator, category, texts, extra).
 WORK_COLUMNS: dict[str, pa.DataType] = {
     "has_color": pa.bool_(),
@@ -53,15 +65,7 @@ def _fail(row: dict[str, Any], stage: str, err: BaseException) -> None:
 
 def _table(rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> pa.Table:
     names = [n for n in rows[0] if n not in drop] if rows else []
-    base = {
-        "uid": pa.string(),
-        "source": pa.string(),
-        "locator": pa.string(),
-        "category": pa.string(),
-        "texts": pa.list_(pa.string()),
-        "extra": pa.string(),
-    }
-    fields = [pa.field(n, base.get(n) or WORK_COLUMNS[n]) for n in names]
+    fields = [LISTING_SCHEMA.field(n) if n in LISTING_SCHEMA.names else pa.field(n, WORK_COLUMNS[n]) for n in names]
     return pa.Table.from_pylist([{n: r.get(n) for n in names} for r in rows], schema=pa.schema(fields))
 
 
@@ -139,23 +143,33 @@ class Embedder:
         return _table(rows, drop=("images", "pre_view_embeddings", "pre_text_embeddings"))
 
     def _embed_views(self, rows: list[dict[str, Any]]) -> None:
+        """One teacher call for all rendered views of the batch; shipped embeddings are reused."""
         dim = self.teacher.embed_dim
+        start = time.perf_counter()
+        shipped = [r for r in rows if r["pre_teacher"] == self.teacher.name and r["pre_view_embeddings"]]
+        shipped_ids = {id(r) for r in shipped}
+        rendered = [r for r in rows if id(r) not in shipped_ids and r["images"]]
         for row in rows:
-            start = time.perf_counter()
+            row.update(view_embeddings=b"", num_views=0)
+        for row in shipped:
+            emb = np.frombuffer(row["pre_view_embeddings"], "<f2").reshape(-1, dim)
+            row.update(view_embeddings=row["pre_view_embeddings"], num_views=len(emb))
+        if rendered:
+            images = [
+                np.frombuffer(r["images"], np.uint8).reshape(-1, r["image_size"], r["image_size"], 3) for r in rendered
+            ]
             try:
-                if row["pre_teacher"] == self.teacher.name and row["pre_view_embeddings"]:
-                    emb = np.frombuffer(row["pre_view_embeddings"], "<f2").reshape(-1, dim)
-                elif row["images"]:
-                    size = row["image_size"]
-                    images = np.frombuffer(row["images"], np.uint8).reshape(-1, size, size, 3)
-                    emb = self.teacher.encode_image(images)
-                else:
-                    emb = np.zeros((0, dim), np.float32)
-            except Exception as err:
-                _fail(row, "embed_image", err)
-                continue
-            row.update(view_embeddings=encode_embeddings(emb), num_views=len(emb))
-            row["seconds"]["embed_image"] = time.perf_counter() - start
+                emb = self.teacher.encode_image(np.concatenate(images))  # (sum K, E)
+            except Exception as err:  # the batch failed: record it on each of its shapes
+                for row in rendered:
+                    _fail(row, "embed_image", err)
+                return
+            offset = 0
+            for row, views in zip(rendered, images, strict=True):
+                row.update(view_embeddings=encode_embeddings(emb[offset : offset + len(views)]), num_views=len(views))
+                offset += len(views)
+        for row in rows:
+            row["seconds"]["embed_image"] = (time.perf_counter() - start) / max(1, len(rows))
 
     def _embed_texts(self, rows: list[dict[str, Any]]) -> None:
         dim = self.teacher.embed_dim
@@ -212,7 +226,8 @@ class ShardWriter:
                     }
                 )
             summary.append({"uid": row["uid"], "stage": stage, "seconds": dict(row.get("seconds") or [])})
-        name = "part-" + hashlib.sha1("\n".join(sorted(r["uid"] for r in batch.to_pylist())).encode()).hexdigest()[:16]
+        uids = sorted(batch.column("uid").to_pylist())
+        name = "part-" + hashlib.sha1("\n".join(uids).encode()).hexdigest()[:16]
         start = time.perf_counter()
         self.store.write_shard(name, good, failures)
         for s in summary:
