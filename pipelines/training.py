@@ -1,16 +1,28 @@
 """Contrastive pretraining on Ray Train (Uni3D spec §5–6): the worker loop and the trainer that runs it.
 
-Each worker streams its shard of the Parquet build (Ray Data, reshuffled per epoch), turns rows into
-training batches (one text and one of the first 10 views per shape), augments the points on the fly
-and takes AdamW steps with layer-wise lr decay, warmup + cosine, gradient clipping and the logit
-scale clamp. The model code knows nothing of this: the loop wraps it in DDP. Negatives are gathered
-across ranks with exact gradients (``uni3d.loss``). The teacher never runs here.
+Data: Ray Data reads the build's Parquet shards (held-out uids dropped), in a block order fixed by the
+seed, and splits the stream evenly over the workers. Each epoch every worker reshuffles its share in a
+buffer seeded by (seed, epoch, rank); rows become training batches (one text and one of the first 10
+views per shape, drawn with a generator seeded by (seed, rank, step)) and are augmented on the device.
+Because everything random is a function of the step, a run resumed from a checkpoint skips the
+batches it already trained on and then takes exactly the steps an uninterrupted run would have taken.
+
+Training: DeepSpeed ZeRO 1/2/3 or DDP (``pipelines.strategy``), AdamW with layer-wise lr decay, warmup +
+cosine per step, gradient clipping and the logit-scale clamp. Non-finite losses skip the step on every
+rank; too many in a row stop the run. The teacher never runs here.
+
+Reporting: every ``log_every`` steps the rank-averaged loss and accuracies, lr, logit scale, samples/s and
+the time spent waiting for data go to ``metrics.jsonl``, TensorBoard and Ray Train; every ``eval_every``
+steps a zero-shot top-1/3/5 on the held-out labelled split. Checkpoints (every rank's part) go through
+``ray.train.report`` every ``checkpoint_every`` steps; the run's folder also holds ``config.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,23 +35,34 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+import torch.distributed as dist
+from ray.train import Checkpoint
 
 import uni3d
-from pipelines.schema import read_manifest
+from pipelines.heldout import KS, HeldOut, zero_shot_counts
+from pipelines.recipes import get_recipe
+from pipelines.strategy import DDPEngine, DeepSpeedEngine, Engine, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig, make_train_batch
 from uni3d.augment import augment
-from uni3d.loss import Uni3DLoss, clamp_logit_scale_, torch_distributed_gather
-from uni3d.optim import OptimConfig, build_optimizer, set_lr
+from uni3d.loss import Uni3DLoss, torch_distributed_gather
+from uni3d.optim import OptimConfig, build_optimizer, lr_at, set_lr
+
+# Fields that fix what a run computes: a re-run under the same name must keep them to resume.
+RESUME_KEYS = ("data", "model", "strategy", "zero_stage", "num_workers", "batch_size", "seed", "holdout_fraction")
 
 
 @dataclass
 class TrainConfig:
     data: str  # a build's output folder (jobs/build_dataset.py)
-    storage: str = "runs"  # Ray Train storage path: checkpoints and results
+    storage: str = "runs"  # Ray Train storage path: checkpoints, metrics, TensorBoard
     name: str = "uni3d"  # the run's name; re-running the same name and storage resumes it
+    recipe: str = "cpu"  # pipelines.recipes; fields set here or by --set override it
     model: str = "micro"  # uni3d preset
+    pretrained_2d: str = ""  # a local timm checkpoint whose blocks initialise the ViT
+    grad_checkpointing: bool = False
+    strategy: str = "deepspeed"  # deepspeed | ddp
+    zero_stage: int = 1
+    precision: str = "fp32"  # fp32 | bf16
     num_workers: int = 2
     worker_cpus: float = 0.5  # per training worker; leave CPUs for Ray Data's read tasks (1 CPU each)
     use_gpu: bool = False
@@ -51,21 +74,96 @@ class TrainConfig:
     warmup_steps: int = 10
     grad_clip: float = 5.0
     augment: bool = True
-    log_every: int = 10
+    shuffle_buffer: int = 256  # rows per worker reshuffled each epoch
     seed: int = 4096
-    max_failures: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100  # steps; the last step always checkpoints
+    keep_checkpoints: int = 2
+    until_step: int = 0  # stop this invocation (with a checkpoint) at this step; 0 = run to the end
+    max_failures: int = 1  # worker-group restarts from the last checkpoint
+    max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    holdout_fraction: float = 0.05  # of uids (pipelines.splits), never trained on
+    eval_every: int = 100  # steps; 0 = only at the end; zero-shot on the labelled held-out split
+    eval_max_shapes: int = 1024
+    eval_batch_size: int = 64
+    eval_teacher: str = ""  # text teacher for class names; default: the build's teacher
+    tensorboard: bool = True
+    export_official: bool = False  # also write <run>/official/model.pt in the release layout
     embed_dim: int = 0  # 0 = the build's teacher dimension
 
+    def __post_init__(self) -> None:
+        checks = {
+            "strategy": self.strategy in ("deepspeed", "ddp"),
+            "zero_stage": self.zero_stage in (1, 2, 3),
+            "precision": self.precision in ("fp32", "bf16"),
+            "num_workers": self.num_workers >= 1,
+            "batch_size": self.batch_size >= 2,
+            "epochs": self.epochs >= 1,
+            "holdout_fraction": 0.0 <= self.holdout_fraction < 1.0,
+            "log_every": self.log_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "max_nonfinite": self.max_nonfinite >= 1,
+            "until_step": self.until_step >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"TrainConfig: invalid {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
 
-def steps_per_epoch(num_shapes: int, cfg: TrainConfig) -> int:
-    return max(1, num_shapes // (cfg.batch_size * cfg.num_workers))
+
+def make_config(data: str, recipe: str = "cpu", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A recipe's config for ``data`` with field overrides on top."""
+    return TrainConfig(data=data, **{**get_recipe(recipe), "recipe": recipe, **(overrides or {})})
 
 
-def _save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, meta: dict) -> Checkpoint:
-    folder = Path(tempfile.mkdtemp(prefix="uni3d-ckpt-"))
-    uni3d.save_checkpoint(model, folder / "model", meta={**meta, "step": step})
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, folder / "train_state.pt")
-    return Checkpoint.from_directory(str(folder))
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class NonFiniteGuard:
+    """Counts non-finite losses; raises once ``limit`` steps in a row were not finite."""
+
+    def __init__(self, limit: int, total: int = 0) -> None:
+        self.limit, self.total, self.in_a_row = limit, total, 0
+
+    def update(self, finite: bool, step: int) -> None:
+        if finite:
+            self.in_a_row = 0
+            return
+        self.total += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise NonFiniteLoss(
+                f"the loss was not finite for {self.in_a_row} steps in a row (up to step {step}; {self.total} "
+                "in the run): lower lr, raise warmup_steps, use precision=fp32, or check the build for bad rows"
+            )
+
+
+def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def _engine(cfg: TrainConfig, model: uni3d.Uni3D, optimizer: torch.optim.Optimizer, resume: Path | None) -> Engine:
+    if cfg.strategy == "deepspeed":
+        return DeepSpeedEngine(
+            model,
+            optimizer,
+            batch_size=cfg.batch_size,
+            grad_clip=cfg.grad_clip,
+            zero_stage=cfg.zero_stage,
+            precision=cfg.precision,  # type: ignore[arg-type]
+            resume=resume,
+        )
+    return DDPEngine(
+        model,
+        optimizer,
+        grad_clip=cfg.grad_clip,
+        precision=cfg.precision,  # type: ignore[arg-type]
+        device=ray.train.torch.get_device(),
+        wrap=ray.train.torch.prepare_model,
+        resume=resume,
+    )
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -73,117 +171,194 @@ def train_loop(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)
-    model = uni3d.create_model(cfg.model, embed_dim=cfg.embed_dim)
+    per_epoch, total = config["steps_per_epoch"], config["total_steps"]
+    stop_at = min(cfg.until_step, total) if cfg.until_step else total
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = uni3d.create_model(cfg.model, embed_dim=cfg.embed_dim, grad_checkpointing=cfg.grad_checkpointing)
+    if cfg.pretrained_2d:
+        uni3d.load_2d_weights(model, cfg.pretrained_2d)
+    vector_logit_scale_(model).to(device)
     opt_cfg = OptimConfig(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         layer_decay=cfg.layer_decay,
-        warmup_steps=min(cfg.warmup_steps, config["total_steps"]),
-        total_steps=config["total_steps"],
+        warmup_steps=min(cfg.warmup_steps, total),
+        total_steps=total,
     )
     optimizer = build_optimizer(model, opt_cfg, depth=model.cfg.depth)
-    step = 0
+    state: dict[str, Any] = {"step": 0, "nonfinite_total": 0}
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resume: weights, optimiser state and step
-        with checkpoint.as_directory() as folder:
-            model.load_state_dict(uni3d.load_checkpoint(Path(folder) / "model").state_dict())
-            state = torch.load(Path(folder) / "train_state.pt", weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            step = int(state["step"])
-    ddp = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-    gather = torch_distributed_gather if world > 1 else None
-    loss_fn = Uni3DLoss(rank=rank, world_size=world, gather=gather)
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as folder:
+        if folder is not None:
+            state = json.loads((Path(folder) / "train_state.json").read_text())
+        engine = _engine(cfg, model, optimizer, Path(folder) if folder else None)
+    step = int(state["step"])
+    guard = NonFiniteGuard(cfg.max_nonfinite, int(state["nonfinite_total"]))
+    loss_fn = Uni3DLoss(rank=rank, world_size=world, gather=torch_distributed_gather if world > 1 else None)
     batch_cfg = TrainBatchConfig(embed_dim=cfg.embed_dim)
-    rng = np.random.default_rng([cfg.seed, rank, step])
+    held: HeldOut | None = ray.get(config["heldout"]) if config["heldout"] is not None else None
+    writer = _tensorboard(cfg, config["run_dir"], step) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     meta = {"teacher": config["teacher"], "train": dataclasses.asdict(cfg)}
-    window: list[float] = []
-    waited, last = 0.0, time.perf_counter()
-    for _epoch in range(step // config["steps_per_epoch"], cfg.epochs):
-        fetch = time.perf_counter()
-        for batch in shard.iter_batches(
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, acc_text, acc_image, steps (finite ones)
+    window_steps, waited, last = 0, 0.0, time.perf_counter()
+    engine.train(True)
+    epoch = step // per_epoch
+    while step < stop_at:
+        skip = step - epoch * per_epoch  # batches of this epoch already trained on (resume)
+        batches = shard.iter_batches(
             batch_size=cfg.batch_size,
             batch_format="pyarrow",
             drop_last=True,
-            local_shuffle_buffer_size=4 * cfg.batch_size,
-        ):
+            local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+            local_shuffle_seed=(cfg.seed * 1_000_003 + epoch * 1_009 + rank) % 2**32 if cfg.shuffle_buffer else None,
+        )
+        fetch = time.perf_counter()
+        for index, batch in enumerate(batches):
+            if index < skip:
+                continue
+            if index >= per_epoch or step >= stop_at:
+                break
             waited += time.perf_counter() - fetch
-            tb = make_train_batch(batch, batch_cfg, rng)
-            points = torch.from_numpy(tb["points"])
-            if cfg.augment:
-                points = augment(points)
-            # forward / loss
-            lr = set_lr(optimizer, step, opt_cfg)
-            emb = ddp(points.to(device))
-            out = loss_fn(
-                emb,
-                torch.from_numpy(tb["text_emb"]).to(device),
-                torch.from_numpy(tb["image_emb"]).to(device),
-                torch.from_numpy(tb["has_image"]).to(device),
-                model.logit_scale,
-            )
-            # step
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            clamp_logit_scale_(model.logit_scale)
+            out, finite = _train_step(engine, loss_fn, batch, batch_cfg, opt_cfg, cfg, rank, step, device)
+            guard.update(finite, step + 1)
             step += 1
-            window.append(float(out["loss"]))
-            # log
-            if step % cfg.log_every == 0 or step == config["total_steps"]:
+            window_steps += 1
+            if finite:
+                sums += torch.tensor([float(out["loss"]), float(out["acc_text"]), float(out["acc_image"]), 1.0])
+            do_log = step % cfg.log_every == 0 or step == stop_at
+            do_eval = held is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total)
+            do_ckpt = step % cfg.checkpoint_every == 0 or step == stop_at
+            if do_log or do_eval or do_ckpt:
                 now = time.perf_counter()
-                metrics = {
-                    "step": step,
-                    "loss": float(np.mean(window)),
-                    "acc_text": float(out["acc_text"]),
-                    "acc_image": float(out["acc_image"]),
-                    "lr": lr,
-                    "logit_scale": float(model.logit_scale.exp()),
-                    "samples_per_s": len(window) * cfg.batch_size * world / (now - last),
-                    "data_wait_s": waited,
-                }
-                if rank == 0:  # a plain log next to Ray's results, for curves and tests
-                    with open(config["metrics_file"], "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
-                ckpt = _save(model, optimizer, step, meta) if rank == 0 and step == config["total_steps"] else None
+                metrics = _metrics(sums, window_steps, waited, now - last, cfg, world, step, epoch, engine, opt_cfg)
+                metrics["nonfinite_total"] = guard.total
+                if do_eval:
+                    metrics.update(_evaluate(engine, held, rank, world, cfg, device))
+                ckpt = _checkpoint(engine, rank, {**meta, "step": step}, step, guard) if do_ckpt else None
+                if rank == 0:
+                    _log(config["run_dir"], writer, metrics)
                 ray.train.report(metrics, checkpoint=ckpt)
                 if ckpt is not None:  # report has persisted it to the run's storage
                     shutil.rmtree(ckpt.path, ignore_errors=True)
-                window, waited, last = [], 0.0, now
+                sums.zero_()
+                window_steps, waited, last = 0, 0.0, time.perf_counter()
             fetch = time.perf_counter()
+        epoch += 1
+    if writer is not None:
+        writer.close()
 
 
-def run_pretrain(cfg: TrainConfig) -> ray.train.Result:
-    """Train on ``cfg.data`` with ``cfg.num_workers`` Ray Train workers; returns Ray Train's result."""
-    manifest = read_manifest(os.path.join(cfg.data, "manifest.json"))
-    if cfg.embed_dim and cfg.embed_dim != manifest.embed_dim:
-        raise ValueError(
-            f"{cfg.data} was built with teacher {manifest.teacher!r} (embed_dim {manifest.embed_dim}); a model with "
-            f"embed_dim {cfg.embed_dim} cannot be trained on it: build with that model's teacher or drop embed_dim"
-        )
-    cfg = dataclasses.replace(cfg, embed_dim=manifest.embed_dim)
-    per_epoch = steps_per_epoch(manifest.num_shapes, cfg)
-    run_dir = Path(cfg.storage).resolve() / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ds = ray.data.read_parquet(os.path.join(cfg.data, "shards")).randomize_block_order(seed=cfg.seed)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={
-            "train": dataclasses.asdict(cfg),
-            "teacher": manifest.teacher,
-            "steps_per_epoch": per_epoch,
-            "total_steps": per_epoch * cfg.epochs,
-            "metrics_file": str(run_dir / "metrics.jsonl"),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.worker_cpus}
-        ),
-        run_config=RunConfig(
-            name=cfg.name, storage_path=str(run_dir.parent), failure_config=FailureConfig(max_failures=cfg.max_failures)
-        ),
-        datasets={"train": ds},
+def _train_step(
+    engine: Engine,
+    loss_fn: Uni3DLoss,
+    batch: Any,
+    batch_cfg: TrainBatchConfig,
+    opt_cfg: OptimConfig,
+    cfg: TrainConfig,
+    rank: int,
+    step: int,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """One optimiser step on one batch; every random draw is seeded by (seed, rank, step)."""
+    tb = make_train_batch(batch, batch_cfg, np.random.default_rng([cfg.seed, rank, step]))
+    torch.manual_seed((cfg.seed * 1_000_003 + step) * 1_009 + rank)  # patch dropout, drop path
+    points = torch.from_numpy(tb["points"]).to(device)
+    if cfg.augment:
+        gen = torch.Generator(device=device).manual_seed((cfg.seed * 7_919 + step) * 1_013 + rank)
+        points = augment(points, generator=gen)
+    set_lr(engine.optimizer, step, opt_cfg)
+    buffers = [(b, b.detach().clone()) for b in engine.model.buffers()]  # BatchNorm statistics: a few KB
+    emb, logit_scale = engine.forward(points)
+    out = loss_fn(
+        emb,
+        torch.from_numpy(tb["text_emb"]).to(device),
+        torch.from_numpy(tb["image_emb"]).to(device),
+        torch.from_numpy(tb["has_image"]).to(device),
+        logit_scale,
     )
-    return trainer.fit()
+    # every rank takes or skips the step together: a lone skip would deadlock the gradient all-reduce
+    finite = bool(_all_reduce(torch.isfinite(out["loss"].detach()).to(torch.float32).reshape(1), dist.ReduceOp.MIN))
+    if finite:
+        engine.step(out["loss"])
+    else:  # as if the step never happened
+        engine.skip()
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+    return out, finite
+
+
+def _metrics(
+    sums: torch.Tensor,
+    steps: int,
+    waited: float,
+    elapsed: float,
+    cfg: TrainConfig,
+    world: int,
+    step: int,
+    epoch: int,
+    engine: Engine,
+    opt_cfg: OptimConfig,
+) -> dict[str, Any]:
+    reduced = _all_reduce(sums.clone())  # over ranks: the loss and accuracies of the global batch
+    finite = max(float(reduced[3]), 1.0)
+    wait = _all_reduce(torch.tensor([waited], dtype=torch.float64), dist.ReduceOp.MAX)
+    scale = float(engine.model.logit_scale.detach().float().exp()) if engine.model.logit_scale.numel() else math.nan
+    return {
+        "step": step,
+        "epoch": epoch,
+        "loss": float(reduced[0]) / finite if reduced[3] else math.nan,
+        "acc_text": float(reduced[1]) / finite,
+        "acc_image": float(reduced[2]) / finite,
+        "lr": lr_at(step - 1, opt_cfg),
+        "logit_scale": scale,
+        "samples_per_s": steps * cfg.batch_size * world / max(elapsed, 1e-9),
+        "data_wait_s": float(wait[0]),
+        "data_wait_frac": float(wait[0]) / max(elapsed, 1e-9),
+    }
+
+
+def _evaluate(
+    engine: Engine, held: HeldOut, rank: int, world: int, cfg: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    engine.train(False)
+    try:
+        counts = zero_shot_counts(lambda p: engine.forward(p)[0], held, rank, world, cfg.eval_batch_size, device)
+    finally:
+        engine.train(True)
+    counts = _all_reduce(counts.cpu())
+    n = max(float(counts[-1]), 1.0)
+    return {f"zeroshot_top{k}": 100.0 * float(c) / n for k, c in zip(KS, counts[:-1], strict=True)}
+
+
+def _checkpoint(engine: Engine, rank: int, meta: dict[str, Any], step: int, guard: NonFiniteGuard) -> Checkpoint | None:
+    folder = Path(tempfile.mkdtemp(prefix="uni3d-ckpt-"))
+    wrote = engine.save(folder, rank, meta)
+    if rank == 0:
+        (folder / "train_state.json").write_text(json.dumps({"step": step, "nonfinite_total": guard.total}))
+        wrote = True
+    if not wrote:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return Checkpoint.from_directory(str(folder))
+
+
+def _tensorboard(cfg: TrainConfig, run_dir: str, step: int) -> Any:
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=step or None)
+
+
+def _log(run_dir: str, writer: Any, metrics: dict[str, Any]) -> None:
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:  # a plain log, for curves and tests
+        f.write(json.dumps(metrics) + "\n")
+    if writer is not None:
+        for key, value in metrics.items():
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                tag = f"eval/{key}" if key.startswith("zeroshot") else f"train/{key}"
+                writer.add_scalar(tag, value, metrics["step"])
+        writer.flush()

@@ -1,0 +1,186 @@
+"""Pretraining parts that need no Ray: held-out split, recipes, resume checks, non-finite steps, zero-shot counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+import uni3d
+from pipelines.heldout import HeldOut, make_heldout, zero_shot_counts
+from pipelines.recipes import RECIPES
+from pipelines.schema import make_row, rows_to_table
+from pipelines.splits import drop_holdout, holdout_mask, keep_holdout
+from pipelines.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
+from pipelines.train_batch import TrainBatchConfig
+from pipelines.trainer import check_resume
+from pipelines.training import NonFiniteGuard, NonFiniteLoss, TrainConfig, _train_step, make_config
+from uni3d.loss import Uni3DLoss
+from uni3d.optim import OptimConfig, build_optimizer
+
+E = 16
+
+
+def rows(n: int, categories: list[str], embed_dim: int = E) -> pa.Table:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        xyz = rng.normal(size=(128, 3))
+        xyz /= np.linalg.norm(xyz, axis=1).max()
+        points = np.concatenate([xyz, rng.random((128, 3))], axis=1).astype(np.float32)
+        text = np.zeros((1, embed_dim), np.float32)
+        text[0, i % embed_dim] = 1.0
+        out.append(
+            make_row(
+                uid=f"shape-{i}",
+                source="procedural",
+                category=categories[i % len(categories)],
+                texts=["a shape"],
+                points=points,
+                has_color=True,
+                teacher="minilm:all-MiniLM-L6-v2",
+                embed_dim=embed_dim,
+                text_embeddings=text,
+                view_embeddings=None,
+            )
+        )
+    return rows_to_table(out)
+
+
+def test_holdout_is_a_fixed_seeded_fraction_of_uids() -> None:
+    uids = [f"uid-{i}" for i in range(20_000)]
+    mask = holdout_mask(uids, 0.1)
+    assert abs(mask.mean() - 0.1) < 0.01
+    assert (holdout_mask(list(reversed(uids)), 0.1) == mask[::-1]).all()  # per uid, not per position
+    assert (holdout_mask(uids, 0.1, seed=0) != holdout_mask(uids, 0.1, seed=1)).any()
+    assert not holdout_mask(uids, 0.0).any()
+    table = pa.table({"uid": uids[:500]})
+    kept, held = drop_holdout(table, 0.1), keep_holdout(table, 0.1)
+    assert kept.num_rows + held.num_rows == 500
+    assert not set(kept.column("uid").to_pylist()) & set(held.column("uid").to_pylist())
+    with pytest.raises(ValueError, match="fraction must be in"):
+        holdout_mask(uids, 1.0)
+
+
+def test_recipes_build_valid_configs_and_mirror_the_official_recipe() -> None:
+    for name in RECIPES:
+        cfg = make_config("build", name)
+        assert cfg.recipe == name
+    g = make_config("build", "uni3d-g")
+    assert (g.model, g.batch_size, g.lr, g.weight_decay, g.layer_decay) == ("giant", 48, 1e-3, 0.1, 0.95)
+    assert (g.warmup_steps, g.epochs, g.grad_clip, g.seed, g.strategy, g.zero_stage) == (
+        10_000, 200, 5.0, 4096, "deepspeed", 1
+    )
+    assert [make_config("b", f"uni3d-{s}").model for s in ("ti", "s", "b", "l")] == ["tiny", "small", "base", "large"]
+    assert make_config("build", "cpu", {"epochs": 9}).epochs == 9
+    with pytest.raises(ValueError, match="unknown recipe 'uni3d-xl'"):
+        make_config("build", "uni3d-xl")
+    with pytest.raises(ValueError, match="invalid strategy='fsdp'"):
+        make_config("build", "cpu", {"strategy": "fsdp"})
+
+
+def test_a_run_resumes_only_with_the_settings_it_was_started_with(tmp_path: Path) -> None:
+    cfg = TrainConfig(data="build", batch_size=16)
+    check_resume(tmp_path, cfg)  # nothing saved yet
+    (tmp_path / "config.json").write_text(json.dumps({"train": dataclasses.asdict(cfg)}))
+    check_resume(tmp_path, dataclasses.replace(cfg, epochs=5, log_every=3))  # schedule-free fields may change
+    with pytest.raises(ValueError, match=r"batch_size: 16 -> 32.*Use another --name"):
+        check_resume(tmp_path, dataclasses.replace(cfg, batch_size=32))
+
+
+def test_non_finite_guard_counts_and_stops_after_too_many_in_a_row() -> None:
+    guard = NonFiniteGuard(limit=3)
+    for finite in (True, False, False, True, False, False):
+        guard.update(finite, step=1)
+    assert (guard.total, guard.in_a_row) == (4, 2)
+    with pytest.raises(NonFiniteLoss, match="not finite for 3 steps in a row"):
+        guard.update(False, step=7)
+
+
+def _engine(model: uni3d.Uni3D) -> tuple[DDPEngine, OptimConfig]:
+    vector_logit_scale_(model)
+    opt = OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10)
+    engine = DDPEngine(
+        model,
+        build_optimizer(model, opt, depth=model.cfg.depth),
+        grad_clip=5.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        wrap=lambda m: m,
+    )
+    return engine, opt
+
+
+def test_a_non_finite_loss_skips_the_step_and_a_finite_one_takes_it() -> None:
+    model = uni3d.create_model("nano", embed_dim=E)
+    engine, opt = _engine(model)
+    cfg = TrainConfig(data="build", batch_size=4, augment=True)
+    bias = model.point_encoder.trans2embed.bias
+    good = bias.detach().clone()
+    with torch.no_grad():
+        bias[0] = float("nan")  # a NaN in the output: the loss is NaN
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = rows(4, ["chair"])
+    out, finite = _train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 3, torch.device("cpu"))
+    assert not finite and not torch.isfinite(out["loss"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k != "point_encoder.trans2embed.bias")
+    assert all(p.grad is None for p in model.parameters())
+    assert not engine.optimizer.state  # AdamW never stepped
+    with torch.no_grad():
+        bias.copy_(good)
+    out, finite = _train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 3, torch.device("cpu"))
+    assert finite and torch.isfinite(out["loss"])
+    assert not torch.equal(before["point_encoder.trans2embed.weight"], model.point_encoder.trans2embed.weight)
+
+
+def test_train_step_draws_are_a_function_of_the_step() -> None:
+    losses = []
+    for _ in range(2):
+        model = uni3d.create_model("nano", embed_dim=E)
+        torch.manual_seed(0)
+        model.load_state_dict(uni3d.create_model("nano", embed_dim=E).state_dict())
+        engine, opt = _engine(model)
+        cfg = TrainConfig(data="build", batch_size=4)
+        torch.manual_seed(123 + len(losses))  # the global RNG state must not matter
+        out, _ = _train_step(engine, Uni3DLoss(), rows(4, ["chair"]), TrainBatchConfig(E), opt, cfg, 0, 7, torch.device("cpu"))
+        losses.append(float(out["loss"]))
+    assert losses[0] == losses[1]
+
+
+def test_the_saved_model_has_the_official_scalar_logit_scale(tmp_path: Path) -> None:
+    model = vector_logit_scale_(uni3d.create_model("nano", embed_dim=E))
+    assert model.logit_scale.shape == (1,)
+    with scalar_logit_scale(model) as m:
+        uni3d.save_checkpoint(m, tmp_path / "m")
+    assert model.logit_scale.shape == (1,)
+    assert uni3d.load_checkpoint(tmp_path / "m").logit_scale.shape == ()
+
+
+def test_zero_shot_counts_summed_over_ranks_equal_one_rank() -> None:
+    classes = ["bed", "car", "chair", "lamp"]
+    table = rows(11, classes)
+    held = make_heldout(table.select(["uid", "category", "num_points", "xyz", "rgb"]), _encode_names)
+    assert isinstance(held, HeldOut) and held.class_names == classes and held.classifier.shape == (4, E)
+
+    def embed(points: torch.Tensor) -> torch.Tensor:  # a fixed, deterministic "encoder"
+        return points[:, :E, 0].float() @ torch.eye(E) + points[:, 0, :1]
+
+    one = zero_shot_counts(embed, held, 0, 1, 4, torch.device("cpu"))
+    calls: list[int] = []
+    many = sum(
+        zero_shot_counts(lambda p: calls.append(len(p)) or embed(p), held, r, 3, 2, torch.device("cpu"))
+        for r in range(3)
+    )
+    assert torch.equal(one, many) and float(one[-1]) == 11
+    assert len(calls) == 3 * 2  # ceil(ceil(11 / 3) / 2) = 2 forwards on every rank, padded ones included
+    assert make_heldout(table.select(["uid", "category"]).slice(0, 1), _encode_names) is None  # one class
+
+
+def _encode_names(texts: list[str]) -> np.ndarray:
+    rng = np.random.default_rng(abs(hash(tuple(texts))) % 2**32)
+    return rng.normal(size=(len(texts), E)).astype(np.float32)
