@@ -74,7 +74,12 @@ def test_recipes_build_valid_configs_and_mirror_the_official_recipe() -> None:
     g = make_config("build", "uni3d-g")
     assert (g.model, g.batch_size, g.lr, g.weight_decay, g.layer_decay) == ("giant", 48, 1e-3, 0.1, 0.95)
     assert (g.warmup_steps, g.epochs, g.grad_clip, g.seed, g.strategy, g.zero_stage) == (
-        10_000, 200, 5.0, 4096, "deepspeed", 1
+        10_000,
+        200,
+        5.0,
+        4096,
+        "deepspeed",
+        1,
     )
     assert [make_config("b", f"uni3d-{s}").model for s in ("ti", "s", "b", "l")] == ["tiny", "small", "base", "large"]
     assert make_config("build", "cpu", {"epochs": 9}).epochs == 9
@@ -128,7 +133,10 @@ def test_a_non_finite_loss_skips_the_step_and_a_finite_one_takes_it() -> None:
     batch = rows(4, ["chair"])
     out, finite = _train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 3, torch.device("cpu"))
     assert not finite and not torch.isfinite(out["loss"])
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k != "point_encoder.trans2embed.bias")
+    changed = [
+        k for k, v in model.state_dict().items() if not torch.allclose(before[k], v, rtol=0, atol=0, equal_nan=True)
+    ]
+    assert changed == []
     assert all(p.grad is None for p in model.parameters())
     assert not engine.optimizer.state  # AdamW never stepped
     with torch.no_grad():
@@ -147,7 +155,8 @@ def test_train_step_draws_are_a_function_of_the_step() -> None:
         engine, opt = _engine(model)
         cfg = TrainConfig(data="build", batch_size=4)
         torch.manual_seed(123 + len(losses))  # the global RNG state must not matter
-        out, _ = _train_step(engine, Uni3DLoss(), rows(4, ["chair"]), TrainBatchConfig(E), opt, cfg, 0, 7, torch.device("cpu"))
+        batch, cpu = rows(4, ["chair"]), torch.device("cpu")
+        out, _ = _train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 7, cpu)
         losses.append(float(out["loss"]))
     assert losses[0] == losses[1]
 

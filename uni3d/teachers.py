@@ -372,7 +372,6 @@ class TeacherConfig:
                     "path (for random weights use kind 'openclip-random')"
                 )
 
-
     @property
     def name(self) -> str:
         """The ``Teacher.name`` the built teacher carries, known without loading any weights."""
