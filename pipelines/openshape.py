@@ -83,13 +83,14 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return self._allowed[(module, name)]
 
 
-def read_openshape_file(path: str | Path) -> dict[str, Any]:
-    """One OpenShape ``.npy`` (``np.save`` of a dict) -> the dict, without running code the file names."""
+def read_pickled_npy(path: str | Path, max_bytes: int | None = None) -> Any:
+    """A ``.npy`` holding pickled objects (``np.save`` of a dict or an object array) -> the dict or array,
+    unpickled without running code the file names (numpy arrays, dtypes, scalars, containers only)."""
     path, name = Path(path), str(path)
     if not path.is_file():
         raise MeshError(f"{name}: no such file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise MeshError(f"{name}: file is {path.stat().st_size} bytes, over the limit of {MAX_FILE_BYTES}")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise MeshError(f"{name}: file is {path.stat().st_size} bytes, over the limit of {max_bytes}")
     with path.open("rb") as fp:
         try:
             version = np.lib.format.read_magic(fp)
@@ -102,8 +103,10 @@ def read_openshape_file(path: str | Path) -> dict[str, Any]:
             shape, _, dtype = reader(fp)
         except ValueError as exc:
             raise MeshError(f"{name}: malformed .npy header ({exc})") from None
-        if dtype != np.dtype(object) or shape != ():
-            raise MeshError(f"{name}: expected a pickled dict (np.save of a dict), found a {shape} {dtype} array")
+        if dtype != np.dtype(object):
+            raise MeshError(
+                f"{name}: expected pickled objects (np.save of a dict or list), found a {shape} {dtype} array"
+            )
         try:
             obj = _NumpyOnlyUnpickler(fp, name).load()
         except MeshError:
@@ -112,8 +115,14 @@ def read_openshape_file(path: str | Path) -> dict[str, Any]:
             raise MeshError(f"{name}: could not unpickle: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, np.ndarray) and obj.shape == () and obj.dtype == object:
         obj = obj.item()
+    return obj
+
+
+def read_openshape_file(path: str | Path) -> dict[str, Any]:
+    """One OpenShape ``.npy`` (``np.save`` of a dict) -> the dict, without running code the file names."""
+    obj = read_pickled_npy(path, MAX_FILE_BYTES)
     if not isinstance(obj, dict):
-        raise MeshError(f"{name}: expected a dict, found {type(obj).__name__}")
+        raise MeshError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
 
 

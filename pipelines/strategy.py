@@ -169,6 +169,8 @@ def deepspeed_config(
         "gradient_clipping": grad_clip,
         "zero_optimization": {"stage": zero_stage},
         "bf16": {"enabled": precision == "bf16"},
+        # DeepSpeed casts only parameters; BatchNorm in the tokenizer needs its statistics in the same dtype
+        **({"data_types": {"buffer_dtype": "bf16"}} if precision == "bf16" else {}),
         "zero_allow_untested_optimizer": True,  # our AdamW with layer-decay groups
         "steps_per_print": 2**62,  # we log ourselves
         "wall_clock_breakdown": False,

@@ -1,0 +1,134 @@
+"""Benchmark: pretraining throughput through Ray Train + Ray Data against a bare single-process loop.
+
+Same model (``--model``, default the demo's ``micro``), same build, same global batch
+(``--workers`` x ``--batch``) and the same step function (``pipelines.training._train_step``: decode,
+draws, augmentation, forward, loss, backward, AdamW). The bare loop holds the whole build in memory as
+Arrow and slices batches from it: no I/O, no processes, no collectives; it is the ceiling the
+distributed path is measured against. Ray runs use ``--workers`` CPU workers and are timed from
+their metrics log after the first window (start-up excluded; epoch restarts and checkpoints included).
+
+Usage: ``python bench/pretrain.py [--shapes 640] [--steps 60] [--model micro]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from common import machine
+
+import uni3d
+from pipelines.build import run_build
+from pipelines.config import BuildConfig, SourceConfig
+from pipelines.strategy import DDPEngine, vector_logit_scale_
+from pipelines.train_batch import TrainBatchConfig
+from pipelines.trainer import run_pretrain
+from pipelines.training import _train_step, make_config
+from uni3d.loss import Uni3DLoss
+from uni3d.optim import OptimConfig, build_optimizer
+
+
+def build(out: Path, shapes: int, points: int) -> Path:
+    if not (out / "manifest.json").exists():
+        cfg = BuildConfig(output=str(out), source=SourceConfig(num_shapes=shapes), num_points=points, rows_per_shard=32)
+        run_build(cfg, log=lambda line: None)
+    return out
+
+
+def bare_loop(data: Path, model_name: str, batch: int, steps: int, threads: int) -> float:
+    """Samples/s of one process taking ``steps`` steps of ``batch`` shapes."""
+    torch.set_num_threads(threads)
+    table = pa.concat_tables(pq.read_table(p) for p in sorted((data / "shards").glob("*.parquet")))
+    embed_dim = int(table.column("embed_dim")[0].as_py())
+    model = vector_logit_scale_(uni3d.create_model(model_name, embed_dim=embed_dim))
+    opt = OptimConfig(lr=1e-3, warmup_steps=10, total_steps=steps + 5)
+    engine = DDPEngine(
+        model,
+        build_optimizer(model, opt, depth=model.cfg.depth),
+        grad_clip=5.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        wrap=lambda m: m,
+    )
+    cfg = make_config(str(data), "cpu", {"model": model_name, "batch_size": batch})
+    loss_fn, batch_cfg = Uni3DLoss(), TrainBatchConfig(embed_dim)
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    per_epoch = table.num_rows // batch
+
+    def step(i: int) -> None:
+        rows = order[(i % per_epoch) * batch : (i % per_epoch + 1) * batch]
+        _train_step(engine, loss_fn, table.take(pa.array(rows)), batch_cfg, opt, cfg, 0, i, torch.device("cpu"))
+
+    for i in range(3):  # warm-up
+        step(i)
+    start = time.perf_counter()
+    for i in range(3, 3 + steps):
+        step(i)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def ray_run(data: Path, storage: Path, name: str, model_name: str, workers: int, batch: int, epochs: int, **sets):
+    """(samples/s after the first log window, fraction of that time waiting for data, steps) of one run."""
+    shutil.rmtree(storage / name, ignore_errors=True)
+    fields = {"model": model_name, "num_workers": workers, "batch_size": batch, "epochs": epochs, "log_every": 5}
+    fields |= {"storage": str(storage), "name": name, "eval_every": 0, "holdout_fraction": 0.0}
+    fields |= {"checkpoint_every": 10**9, "warmup_steps": 10}
+    result = run_pretrain(make_config(str(data), "cpu", {**fields, **sets}), verbose=False)
+    assert result.finished, result.error
+    log = [json.loads(line) for line in (storage / name / "metrics.jsonl").read_text().splitlines()]
+    samples = elapsed = wait = 0.0
+    for prev, m in zip(log, log[1:], strict=False):  # windows after the first: start-up excluded
+        n = (m["step"] - prev["step"]) * batch * workers
+        samples += n
+        elapsed += n / m["samples_per_s"]
+        wait += m["data_wait_s"]
+    return samples / elapsed, wait / elapsed, result.total_steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", type=int, default=640)
+    ap.add_argument("--points", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--model", default="micro")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16, help="per worker; the bare loop takes workers x batch")
+    ap.add_argument("--out", default="/tmp/uni3d-bench-pretrain")
+    args = ap.parse_args()
+    out = Path(args.out)
+    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+    data = build(out / "build", args.shapes, args.points)
+    print(machine())
+    bare = bare_loop(data, args.model, args.workers * args.batch, args.steps, threads=2)
+    print(f"bare single-process loop, batch {args.workers * args.batch}: {bare:.2f} samples/s")
+    rows = []
+    epochs = max(1, -(-args.steps // (args.shapes // (args.workers * args.batch))))
+    for strategy in ("ddp", "deepspeed"):
+        runs = out / "runs"
+        rate, wait, steps = ray_run(
+            data, runs, strategy, args.model, args.workers, args.batch, epochs, strategy=strategy
+        )
+        rows.append((strategy, rate, wait, steps))
+        print(
+            f"Ray Train {strategy}, {args.workers} workers x {args.batch}: {rate:.2f} samples/s "
+            f"({rate / bare:.2f}x bare), data wait {100 * wait:.1f}%, {steps} steps"
+        )
+    print("\n| path | samples / s | vs bare loop | time waiting for data |\n|---|---|---|---|")
+    print(f"| bare single-process loop (in-memory Arrow, batch {args.workers * args.batch}) | {bare:.2f} | 1.00x | 0 |")
+    for strategy, rate, wait, _ in rows:
+        print(
+            f"| Ray Train + Ray Data, {strategy}, {args.workers} workers x {args.batch} | {rate:.2f} | "
+            f"{rate / bare:.2f}x | {100 * wait:.1f}% |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Zero-shot and few-shot evaluation of a checkpoint on Ray Data (Uni3D spec §8).
+
+Test shapes are embedded by ``num_workers`` Ray Data actors, each holding the model; the driver gathers
+the ``(N, E)`` embeddings with their labels, so every metric is computed once over all samples (never an
+average of per-batch numbers). Class names are embedded by the teacher in the checkpoint's embedding space
+through the 64 templates. Results: JSON, a Markdown table and a confusion-matrix picture next to the
+checkpoint (``<checkpoint>/eval/<set>.*``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+import uni3d
+from pipelines.eval_sets import EvalSet, EvalSetError, load_lvis_points, read_benchmark
+from pipelines.schema import decode_points_batch, read_manifest
+from pipelines.splits import keep_holdout
+from uni3d.fewshot import confusion_matrix, few_shot
+from uni3d.zeroshot import per_class_accuracy, topk_accuracy, zero_shot_logits
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str  # our checkpoint folder or an official model.pt
+    sets: list[str] = field(default_factory=lambda: ["modelnet40"])  # benchmark names or build folders
+    root: str = "data/eval"  # the folder holding modelnet40/, scanobjectnn/, objaverse_lvis/
+    teacher: str = ""  # text teacher for class names; default: the checkpoint's (ours record it)
+    split: str = "heldout"  # builds: heldout (the pretraining split) | all
+    holdout_fraction: float = 0.05  # builds: as in pretraining
+    holdout_seed: int = 4096  # builds: pretraining's seed
+    num_workers: int = 1  # embedding actors
+    worker_cpus: float = 1.0
+    use_gpu: bool = False
+    batch_size: int = 32
+    few_shot: bool = False
+    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: int = 10
+    out: str = ""  # default: <checkpoint folder>/eval
+
+
+class PointEmbedder:
+    """A Ray Data actor: rows (``points`` bytes, ``path`` of an OpenShape file, or build ``xyz``/``rgb``) ->
+    ``uid``, ``label``, ``embedding``."""
+
+    def __init__(self, checkpoint: str, device: str = "auto") -> None:
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+        self.model = uni3d.load_checkpoint(checkpoint).to(self.device).eval()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        points = torch.from_numpy(_points(batch)).to(self.device)
+        with torch.no_grad():
+            emb = self.model.encode_pc(points).float().cpu().numpy()
+        return pa.table(
+            {
+                "uid": batch.column("uid"),
+                "label": batch.column("label"),
+                "embedding": pa.array(list(emb), pa.list_(pa.float32(), emb.shape[1])),
+            }
+        )
+
+
+def _points(batch: pa.Table) -> np.ndarray:
+    if "points" in batch.column_names:
+        return np.stack([np.frombuffer(b, np.float32).reshape(-1, 6) for b in batch.column("points").to_pylist()])
+    if "path" in batch.column_names:
+        return np.stack([load_lvis_points(p) for p in batch.column("path").to_pylist()])
+    return decode_points_batch(batch)
+
+
+def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Dataset]:
+    """A build folder's labelled rows (its held-out split, or all) as an eval set and its Ray Dataset."""
+    read_manifest(os.path.join(path, "manifest.json"))  # a clear error if this is not a build
+    ds = ray.data.read_parquet(os.path.join(path, "shards")).select_columns(
+        ["uid", "category", "num_points", "xyz", "rgb"]
+    )
+    if cfg.split == "heldout":
+        kwargs = {"fraction": cfg.holdout_fraction, "seed": cfg.holdout_seed}
+        ds = ds.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=kwargs)
+    elif cfg.split != "all":
+        raise ValueError(f"split must be heldout or all, got {cfg.split!r}")
+    labelled = pa.concat_tables([t for t in ray.get(ds.select_columns(["uid", "category"]).to_arrow_refs())])
+    labelled = labelled.filter(pc.is_valid(labelled.column("category")))
+    class_names = sorted(set(labelled.column("category").to_pylist()))
+    if len(class_names) < 2:
+        raise EvalSetError(
+            f"{path}: the {cfg.split} split has {labelled.num_rows} labelled shapes in "
+            f"{len(class_names)} categories; zero-shot needs at least two"
+        )
+    index = {c: i for i, c in enumerate(class_names)}
+
+    def label(batch: pa.Table) -> pa.Table:
+        batch = batch.filter(pc.is_valid(batch.column("category")))
+        labels = pa.array([index[c] for c in batch.column("category").to_pylist()], pa.int64())
+        return batch.append_column("label", labels)
+
+    items = labelled.append_column("label", pa.array([index[c] for c in labelled.column("category").to_pylist()]))
+    return EvalSet(Path(path).name, class_names, items), ds.map_batches(label, batch_format="pyarrow")
+
+
+def embed(ds: ray.data.Dataset, cfg: EvalConfig, checkpoint: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    out = ds.map_batches(
+        PointEmbedder,
+        fn_constructor_kwargs={"checkpoint": checkpoint},
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        num_cpus=cfg.worker_cpus,
+        num_gpus=1 if cfg.use_gpu else 0,
+    )
+    tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
+    table = pa.concat_tables(tables)
+    emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    return emb, table.column("label").to_numpy(), table.column("uid").to_pylist()
+
+
+@dataclass
+class SetResult:
+    name: str
+    num_samples: int
+    num_classes: int
+    chance_top1: float
+    top1: float
+    top3: float
+    top5: float
+    mean_class_acc: float
+    per_class: dict[str, float]
+    few_shot: list[dict[str, Any]] = field(default_factory=list)
+
+
+def score(es: EvalSet, emb: np.ndarray, labels: np.ndarray, classifier: torch.Tensor, cfg: EvalConfig):
+    logits = zero_shot_logits(torch.from_numpy(emb), classifier)
+    labels_t = torch.from_numpy(labels.astype(np.int64))
+    acc = topk_accuracy(logits, labels_t, (1, 3, 5))
+    preds = logits.argmax(1)
+    per_class = per_class_accuracy(preds, labels_t, len(es.class_names))
+    present = ~torch.isnan(per_class)
+    result = SetResult(
+        name=es.name,
+        num_samples=len(labels),
+        num_classes=len(es.class_names),
+        chance_top1=100.0 / len(es.class_names),
+        top1=acc[1],
+        top3=acc[3],
+        top5=acc[5],
+        mean_class_acc=float(per_class[present].mean()),
+        per_class={n: float(a) for n, a, p in zip(es.class_names, per_class, present, strict=True) if p},
+    )
+    if cfg.few_shot:
+        result.few_shot = [asdict(r) for r in few_shot(emb, labels, cfg.shots, cfg.seeds)]
+    return result, confusion_matrix(preds.numpy(), labels, len(es.class_names))
+
+
+def write_reports(out: Path, result: SetResult, confusion: np.ndarray, class_names: list[str], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{result.name}.json").write_text(json.dumps({**asdict(result), "meta": meta}, indent=2))
+    lines = [
+        f"# Zero-shot: {result.name}",
+        "",
+        f"checkpoint `{meta['checkpoint']}`, teacher `{meta['teacher']}`, 64 templates",
+        "",
+        "| samples | classes | top-1 | top-3 | top-5 | mean class acc. | chance top-1 |",
+        "|---|---|---|---|---|---|---|",
+        f"| {result.num_samples} | {result.num_classes} | {result.top1:.1f} | {result.top3:.1f} | {result.top5:.1f} "
+        f"| {result.mean_class_acc:.1f} | {result.chance_top1:.1f} |",
+    ]
+    if result.few_shot:
+        lines += ["", "| shots | linear probe acc. (mean ± std over seeds) | classes |", "|---|---|---|"]
+        lines += [f"| {r['shots']} | {r['mean']:.1f} ± {r['std']:.1f} | {r['classes']} |" for r in result.few_shot]
+    lines += ["", "| class | accuracy |", "|---|---|"]
+    lines += [f"| {name} | {acc:.1f} |" for name, acc in result.per_class.items()]
+    (out / f"{result.name}.md").write_text("\n".join(lines) + "\n")
+    plot_confusion(out / f"{result.name}_confusion.png", confusion, class_names, result.name)
+
+
+def plot_confusion(path: Path, confusion: np.ndarray, class_names: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    rows = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = min(4 + 0.25 * n, 40)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    if n <= 60:
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}: confusion (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def class_embeddings(teacher: Any, es: EvalSet, model_dim: int, teacher_name: str) -> torch.Tensor:
+    classifier = uni3d.build_zero_shot_classifier(teacher, es.prompts)
+    if classifier.shape[1] != model_dim:
+        raise ValueError(
+            f"teacher {teacher_name!r} embeds class names in {classifier.shape[1]} dimensions but the checkpoint's "
+            f"embeddings have {model_dim}: evaluate with the teacher the model was trained against"
+        )
+    return classifier
+
+
+def resolve_teacher(cfg: EvalConfig) -> str:
+    if cfg.teacher:
+        return cfg.teacher
+    path = Path(cfg.checkpoint)
+    if path.is_dir():
+        teacher = uni3d.read_checkpoint_config(path).get("meta", {}).get("teacher")
+        if teacher:
+            return str(teacher)
+    raise ValueError(
+        f"{cfg.checkpoint} does not record its teacher: pass --teacher (official Uni3D files: "
+        "openclip:EVA02-E-14-plus@/path/to/open_clip_pytorch_model.bin, only its text tower is loaded)"
+    )
+
+
+def run_evaluation(cfg: EvalConfig, log: Any = print) -> list[SetResult]:
+    if not Path(cfg.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {cfg.checkpoint} does not exist")
+    model = uni3d.load_checkpoint(cfg.checkpoint)  # fails early, naming the file, if it is not a checkpoint
+    teacher_name = resolve_teacher(cfg)
+    spec = uni3d.parse_teacher(teacher_name, **({"text_only": True} if teacher_name.startswith("openclip:") else {}))
+    teacher = uni3d.build_teacher(spec)
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else (Path(cfg.checkpoint) if Path(cfg.checkpoint).is_dir() else Path(cfg.checkpoint).parent) / "eval"
+    )
+    results = []
+    for name in cfg.sets:
+        if Path(name).is_dir() and (Path(name) / "manifest.json").exists():
+            es, ds = build_eval_set(name, cfg)
+        else:
+            es = read_benchmark(name, cfg.root)
+            ds = ray.data.from_arrow(es.items).repartition(max(1, math.ceil(len(es) / cfg.batch_size)))
+        classifier = class_embeddings(teacher, es, model.embed_dim, teacher_name)
+        emb, labels, _ = embed(ds, cfg, cfg.checkpoint)
+        result, confusion = score(es, emb, labels, classifier, cfg)
+        meta = {"checkpoint": str(cfg.checkpoint), "teacher": teacher_name}
+        write_reports(out, result, confusion, es.class_names, meta)
+        log(
+            f"[evaluate] {es.name}: top-1 {result.top1:.1f}% top-3 {result.top3:.1f}% top-5 {result.top5:.1f}% "
+            f"over {result.num_samples} shapes, {result.num_classes} classes "
+            f"(chance {result.chance_top1:.1f}%) -> {out}"
+        )
+        results.append(result)
+    return results

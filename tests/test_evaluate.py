@@ -1,0 +1,169 @@
+"""Evaluation: official test files (written here) load and score, exact metrics on Ray Data actors, few-shot
+probe, reports next to the checkpoint, clear errors for missing files and mismatched teachers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import uni3d
+from pipelines.eval_sets import EvalSetError, read_benchmark, read_modelnet40, read_objaverse_lvis, read_scanobjectnn
+from pipelines.procedural import make_shape
+from pipelines.sampling import sample_points
+from uni3d.fewshot import confusion_matrix, few_shot, fit_logistic_regression
+
+CATEGORIES = ["airplane", "chair", "table", "lamp"]
+
+
+def shape_points(category: str, seed: int, n: int = 512) -> np.ndarray:
+    return sample_points(make_shape(category, seed).to_mesh(), n, seed=seed).points  # (n, 6)
+
+
+def save_object_array(path: Path, items: list) -> None:
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    np.save(path, arr, allow_pickle=True)
+
+
+def write_official(root: Path, per_class: int = 3) -> None:
+    """ModelNet40, ScanObjectNN and Objaverse-LVIS test files in the official layouts (spec §8), small."""
+    mn = root / "modelnet40"
+    mn.mkdir(parents=True)
+    (mn / "modelnet40_shape_names.txt").write_text("\n".join(CATEGORIES) + "\n")
+    clouds = [(c, s, shape_points(c, s)) for c in CATEGORIES for s in range(per_class)]
+    save_object_array(mn / "test_pc.npy", [{"xyz": p[:, :3] * 3.0 + 1.0, "rgb": p[:, 3:]} for _, _, p in clouds])
+    (mn / "test_split.json").write_text(json.dumps([{"category": c, "name": f"{c}_{s:04d}"} for c, s, _ in clouds]))
+    so = root / "scanobjectnn"
+    so.mkdir()
+    so_classes = {"chair": 4, "table": 9}
+    xyz = [shape_points(c, 10 + s)[:, :3] for c in so_classes for s in range(per_class)]
+    labels = [so_classes[c] for c in so_classes for _ in range(per_class)]
+    np.save(so / "xyz_label.npy", {"xyz": xyz, "label": np.array(labels)}, allow_pickle=True)
+    lv = root / "objaverse_lvis"
+    (lv / "shapes").mkdir(parents=True)
+    lines = []
+    for cid, c in enumerate(CATEGORIES):
+        for s in range(per_class):
+            p = shape_points(c, 20 + s)
+            np.save(lv / "shapes" / f"{c}{s}.npy", {"xyz": p[:, :3], "rgb": p[:, 3:]}, allow_pickle=True)
+            lines.append(f"{cid},{c},uid-{c}-{s},shapes/{c}{s}.npy")
+    (lv / "lvis_testset.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_official_files_read_with_their_colour_rules(tmp_path: Path) -> None:
+    write_official(tmp_path)
+    mn = read_modelnet40(tmp_path)
+    assert mn.class_names == CATEGORIES and len(mn) == 12
+    assert mn.items.column("label").to_pylist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    pts = np.frombuffer(mn.items.column("points")[0].as_py(), np.float32).reshape(-1, 6)
+    assert np.allclose(np.linalg.norm(pts[:, :3], axis=1).max(), 1.0, atol=1e-5)  # re-normalised
+    assert (pts[:, 3:] == np.float32(0.4)).all()  # ModelNet40 has no colour
+    so = read_scanobjectnn(tmp_path)
+    assert len(so.class_names) == 15 and so.class_names[4] == "chair" and len(so) == 6
+    lv = read_objaverse_lvis(tmp_path)
+    assert lv.class_names == CATEGORIES and lv.items.column("uid")[0].as_py() == "uid-airplane-0"
+    from pipelines.evaluation import _points
+
+    with_colour = _points(lv.items.slice(0, 2))
+    assert with_colour.shape == (2, 512, 6) and not (with_colour[..., 3:] == np.float32(0.4)).all()
+
+
+def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(EvalSetError, match=r"ModelNet40: missing file .*modelnet40_shape_names.txt"):
+        read_benchmark("modelnet40", tmp_path)
+    with pytest.raises(EvalSetError, match="unknown benchmark 'modelnet10'"):
+        read_benchmark("modelnet10", tmp_path)
+    write_official(tmp_path, per_class=1)
+    (tmp_path / "objaverse_lvis" / "lvis_testset.txt").write_text("0,chair,uid-x,shapes/nothing.npy\n")
+    with pytest.raises(EvalSetError, match=r"lvis_testset.txt:1: missing file .*nothing.npy"):
+        read_objaverse_lvis(tmp_path)
+    (tmp_path / "modelnet40" / "test_split.json").write_text(json.dumps([{"category": "sofa"}] * 4))
+    with pytest.raises(EvalSetError, match=r"test_split.json \[0\]: category .*'sofa'.* not in the shape names"):
+        read_modelnet40(tmp_path)
+
+
+def test_logistic_regression_matches_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8))
+    y = rng.integers(0, 3, 60)
+    w = fit_logistic_regression(torch.from_numpy(x), torch.from_numpy(y), 3).numpy()
+    ref = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit(x, y)
+    ours = (np.c_[x, np.ones(60)] @ w).argmax(1)
+    assert (ours == ref.predict(x)).mean() == 1.0
+    probs = np.exp(np.c_[x, np.ones(60)] @ w)
+    assert np.allclose(probs / probs.sum(1, keepdims=True), ref.predict_proba(x), atol=1e-3)
+
+
+def test_few_shot_on_separable_embeddings_and_the_confusion_matrix() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 32)) * 3
+    labels = np.repeat(np.arange(5), 20)
+    emb = centres[labels] + rng.normal(size=(100, 32))
+    res = few_shot(emb, labels, shots=(1, 4), seeds=3)
+    assert [r.shots for r in res] == [1, 4] and all(len(r.runs) == 3 for r in res)
+    assert res[1].mean > 95 and res[0].classes == 5
+    assert confusion_matrix([0, 1, 1], [0, 1, 0], 2).tolist() == [[1, 1], [0, 1]]
+    with pytest.raises(ValueError, match="at least two classes with more than 20 samples"):
+        few_shot(emb, labels, shots=(20,), seeds=1)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_evaluate_official_sets_with_two_actors_is_exact(ray_local: None, tmp_path: Path) -> None:
+    from jobs.evaluate import main
+    from pipelines.eval_sets import read_modelnet40
+    from pipelines.evaluation import EvalConfig, _points, score
+
+    write_official(tmp_path / "eval")
+    torch.manual_seed(0)
+    model = uni3d.create_model("nano", embed_dim=384)
+    ckpt = uni3d.save_checkpoint(model, tmp_path / "ckpt", meta={"teacher": "minilm:all-MiniLM-L6-v2"})
+    argv = ["--checkpoint", str(ckpt), "--sets", "modelnet40", "scanobjectnn", "objaverse_lvis"]
+    argv += ["--root", str(tmp_path / "eval"), "--set", "num_workers=2", "--set", "worker_cpus=0.5"]
+    argv += ["--set", "batch_size=5", "--few-shot", "--set", "shots=[1]", "--set", "seeds=2"]
+    assert main(argv) == 0
+    for name in ("modelnet40", "scanobjectnn", "objaverse_lvis"):
+        report = json.loads((ckpt / "eval" / f"{name}.json").read_text())
+        assert 0 <= report["top1"] <= report["top3"] <= report["top5"] <= 100
+        assert (ckpt / "eval" / f"{name}.md").read_text().startswith(f"# Zero-shot: {name}")
+        assert (ckpt / "eval" / f"{name}_confusion.png").stat().st_size > 1000
+    # the same numbers as one process embedding everything at once
+    es = read_modelnet40(tmp_path / "eval")
+    with torch.no_grad():
+        emb = model.eval().encode_pc(torch.from_numpy(_points(es.items))).numpy()
+    classifier = uni3d.build_zero_shot_classifier(uni3d.MiniLMTeacher(), es.prompts)
+    want, _ = score(es, emb, es.items.column("label").to_numpy(), classifier, EvalConfig(checkpoint=""))
+    got = json.loads((ckpt / "eval" / "modelnet40.json").read_text())
+    assert (got["top1"], got["top3"], got["num_samples"]) == (want.top1, want.top3, 12)
+
+
+@pytest.mark.ray
+def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(ray_local: None, tmp_path: Path) -> None:
+    from jobs.evaluate import main
+
+    write_official(tmp_path / "eval", per_class=1)
+    ckpt = uni3d.save_checkpoint(uni3d.create_model("nano", embed_dim=384), tmp_path / "ckpt")
+    argv = ["--checkpoint", str(ckpt), "--root", str(tmp_path / "eval"), "--teacher", "openclip-random:tiny-ViT-32"]
+    with pytest.raises(
+        ValueError, match="embeds class names in 64 dimensions but the checkpoint's embeddings have 384"
+    ):
+        main(argv)
+    with pytest.raises(ValueError, match="does not record its teacher: pass --teacher"):
+        main(["--checkpoint", str(ckpt), "--root", str(tmp_path / "eval")])
+    with pytest.raises(FileNotFoundError, match="checkpoint .*nowhere does not exist"):
+        main(["--checkpoint", str(tmp_path / "nowhere")])
