@@ -37,8 +37,8 @@ class EvalConfig:
     root: str = "data/eval"  # the folder holding modelnet40/, scanobjectnn/, objaverse_lvis/
     teacher: str = ""  # text teacher for class names; default: the checkpoint's (ours record it)
     split: str = "heldout"  # builds: heldout (the pretraining split) | all
-    holdout_fraction: float = 0.05  # builds: as in pretraining
-    holdout_seed: int = 4096  # builds: pretraining's seed
+    holdout_fraction: float = -1.0  # builds; < 0: the checkpoint's training value (else 0.05)
+    holdout_seed: int = -1  # builds; < 0: the checkpoint's training seed (else 4096)
     num_workers: int = 1  # embedding actors
     worker_cpus: float = 1.0
     use_gpu: bool = False
@@ -85,7 +85,7 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
         ["uid", "category", "num_points", "xyz", "rgb"]
     )
     if cfg.split == "heldout":
-        kwargs = {"fraction": cfg.holdout_fraction, "seed": cfg.holdout_seed}
+        kwargs = holdout_params(cfg)
         ds = ds.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=kwargs)
     elif cfg.split != "all":
         raise ValueError(f"split must be heldout or all, got {cfg.split!r}")
@@ -106,6 +106,18 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
 
     items = labelled.append_column("label", pa.array([index[c] for c in labelled.column("category").to_pylist()]))
     return EvalSet(Path(path).name, class_names, items), ds.map_batches(label, batch_format="pyarrow")
+
+
+def holdout_params(cfg: EvalConfig) -> dict[str, Any]:
+    """The held-out split the checkpoint was pretrained with (recorded in its meta), unless set."""
+    train: dict[str, Any] = {}
+    if Path(cfg.checkpoint).is_dir():
+        train = uni3d.read_checkpoint_config(cfg.checkpoint).get("meta", {}).get("train") or {}
+    fraction = cfg.holdout_fraction if cfg.holdout_fraction >= 0 else float(train.get("holdout_fraction", 0.05))
+    seed = cfg.holdout_seed if cfg.holdout_seed >= 0 else int(train.get("seed", 4096))
+    if fraction <= 0:
+        raise ValueError(f"{cfg.checkpoint} was trained without a held-out split; evaluate with --set split=all")
+    return {"fraction": fraction, "seed": seed}
 
 
 def embed(ds: ray.data.Dataset, cfg: EvalConfig, checkpoint: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

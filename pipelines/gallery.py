@@ -1,0 +1,201 @@
+"""Embed users' meshes with a Uni3D checkpoint into a Parquet gallery (``jobs/embed.py``), and read it back.
+
+The shapes come from any build source (a local folder of meshes in any format the loader reads, Objaverse,
+procedural); they are loaded and sampled by the build's ``ShapeWorker`` actors and embedded by
+``GalleryEmbedder`` actors that hold the model and write one shard per batch. A shape that fails is
+recorded in ``failures/`` with the file and the reason, and the job goes on; a re-run skips the uids
+already written (rows or failures), so a stopped job resumes.
+
+Gallery rows: ``uid``, ``source``, ``locator`` (the mesh path), ``category`` (may be null), ``texts``,
+``has_color``, ``num_points``, ``xyz``/``rgb`` (the build's cell encoding) and ``embedding`` (float32,
+not normalised). ``gallery.json`` records the checkpoint, its teacher and the embedding size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+import uni3d
+from pipelines.build_io import SHARDS, BuildStore
+from pipelines.config import SourceConfig
+from pipelines.schema import FAILURES_SCHEMA, decode_points_batch
+from pipelines.sources import list_shapes
+from pipelines.stages import LISTING_SCHEMA, ShapeWorker
+
+INFO = "gallery.json"
+
+
+@dataclass
+class EmbedConfig:
+    checkpoint: str
+    output: str = "data/gallery"
+    source: SourceConfig = field(default_factory=lambda: SourceConfig(kind="local"))
+    num_points: int = 10_000
+    seed: int = 0
+    batch_size: int = 16
+    shape_workers: int = 1
+    shape_worker_cpus: float = 0.5  # with the embedder's, leaves room for the read tasks on 2 cores
+    embed_workers: int = 1
+    embed_worker_cpus: float = 0.5
+    read_cpus: float = 0.25
+    use_gpu: bool = False
+
+
+def gallery_schema(embed_dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("uid", pa.string()),
+            ("source", pa.string()),
+            ("locator", pa.string()),
+            ("category", pa.string()),
+            ("texts", pa.list_(pa.string())),
+            ("has_color", pa.bool_()),
+            ("num_points", pa.int32()),
+            ("xyz", pa.binary()),
+            ("rgb", pa.binary()),
+            ("embedding", pa.list_(pa.float32(), embed_dim)),
+        ]
+    )
+
+
+class GalleryEmbedder:
+    """Ray Data actor: sampled shapes -> embeddings, written as one gallery shard (and failures) per batch."""
+
+    def __init__(self, checkpoint: str, output: str, device: str = "auto") -> None:
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+        self.model = uni3d.load_checkpoint(checkpoint).to(self.device).eval()
+        self.store = BuildStore(output)
+        self.schema = gallery_schema(self.model.embed_dim)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        good = [r for r in rows if not r.get("error_stage")]
+        failures = [_failure(r) for r in rows if r.get("error_stage")]
+        out: list[dict[str, Any]] = []
+        by_size: dict[int, list[dict[str, Any]]] = {}
+        for r in good:
+            by_size.setdefault(int(r["num_points"]), []).append(r)
+        for group in by_size.values():  # one forward per point count (the model takes any N)
+            cells = {c: pa.array([r[c] for r in group], pa.binary()) for c in ("xyz", "rgb")}
+            points = torch.from_numpy(decode_points_batch(cells))
+            with torch.no_grad():
+                emb = self.model.encode_pc(points.to(self.device)).float().cpu().numpy()
+            for r, e in zip(group, emb, strict=True):
+                out.append({name: r.get(name) for name in self.schema.names if name != "embedding"} | {"embedding": e})
+        name = "part-" + hashlib.sha1("\n".join(sorted(r["uid"] for r in rows)).encode()).hexdigest()[:16]
+        if failures:
+            self.store._write(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), "failures", name)
+        if out:
+            self.store._write(pa.Table.from_pylist(out, schema=self.schema), SHARDS, name)
+        return pa.table({"uid": [r["uid"] for r in rows], "stage": [r.get("error_stage") or "" for r in rows]})
+
+
+def _failure(row: dict[str, Any]) -> dict[str, str]:
+    return {
+        "uid": row["uid"],
+        "source": row["source"],
+        "stage": row["error_stage"],
+        "error_type": row.get("error_type") or "Error",
+        "message": row.get("error_message") or "",
+    }
+
+
+def run_embed(cfg: EmbedConfig, log: Any = print) -> dict[str, Any]:
+    """Embed every shape of ``cfg.source`` not yet in ``cfg.output``; returns counts."""
+    model_cfg = uni3d.read_checkpoint_config(cfg.checkpoint) if Path(cfg.checkpoint).is_dir() else {}
+    teacher = (model_cfg.get("meta") or {}).get("teacher")
+    store = BuildStore(cfg.output)
+    info = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "teacher": teacher}
+    info_path = store.path(INFO)
+    if store.fs.get_file_info(info_path).is_file:
+        with store.fs.open_input_stream(info_path) as f:
+            previous = json.loads(f.read())
+        if previous.get("checkpoint") != info["checkpoint"]:
+            raise ValueError(
+                f"{cfg.output} holds embeddings of {previous.get('checkpoint')}; this run uses {info['checkpoint']}: "
+                "embed into another --out"
+            )
+    done = store.done_uids()
+    refs = [r for r in list_shapes(cfg.source, cfg.output) if r.uid not in done]
+    log(f"[embed] {len(refs)} shapes to embed ({len(done)} already in {cfg.output})")
+    if refs:
+        listing, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA, chunk=cfg.batch_size)
+        ds = ray.data.read_parquet(
+            listing, filesystem=store.fs, override_num_blocks=max(1, -(-total // cfg.batch_size))
+        )
+        context = {"teacher_name": None, "up_axis": cfg.source.up_axis}
+        ds = ds.map_batches(
+            ShapeWorker,
+            batch_format="pyarrow",
+            batch_size=cfg.batch_size,
+            fn_constructor_kwargs=dict(
+                num_points=cfg.num_points, seed=cfg.seed, num_views=0, image_size=224, msaa=1, context=context
+            ),
+            compute=ray.data.ActorPoolStrategy(size=cfg.shape_workers),
+            num_cpus=cfg.shape_worker_cpus,
+        )
+        ds = ds.map_batches(
+            GalleryEmbedder,
+            batch_format="pyarrow",
+            batch_size=cfg.batch_size,
+            fn_constructor_kwargs=dict(checkpoint=cfg.checkpoint, output=cfg.output),
+            compute=ray.data.ActorPoolStrategy(size=cfg.embed_workers),
+            num_cpus=cfg.embed_worker_cpus,
+            num_gpus=1 if cfg.use_gpu else 0,
+        )
+        start, stages = time.perf_counter(), ray.get(ds.to_arrow_refs())
+        failed = sum(int((t.column("stage").to_numpy(zero_copy_only=False) != "").sum()) for t in stages if t.num_rows)
+        store.remove(listing)
+        log(f"[embed] {total - failed} embedded, {failed} failed ({time.perf_counter() - start:.1f} s)")
+    gallery = read_gallery(cfg.output, with_points=False)
+    with store.fs.open_output_stream(info_path) as f:
+        f.write(json.dumps({**info, "embed_dim": gallery.embed_dim, "num_shapes": len(gallery)}, indent=2).encode())
+    failures = len(store.done_uids()) - len(gallery)
+    log(f"[embed] {cfg.output}: {len(gallery)} shapes, {failures} failures (see failures/)")
+    return {"shapes": len(gallery), "failures": failures}
+
+
+@dataclass
+class Gallery:
+    table: pa.Table  # gallery rows (points optional)
+    embeddings: np.ndarray  # (N, E) float32
+    teacher: str | None
+    checkpoint: str | None
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.embeddings.shape[1]) if len(self.embeddings) else 0
+
+    def column(self, name: str) -> list[Any]:
+        return self.table.column(name).to_pylist()
+
+
+def read_gallery(path: str, with_points: bool = True) -> Gallery:
+    store = BuildStore(path)
+    files = store.shard_files()
+    if not files:
+        raise FileNotFoundError(f"{path}: no gallery shards under {store.path(SHARDS)} (run jobs/embed.py first)")
+    columns = None if with_points else ["uid", "source", "locator", "category", "texts", "embedding"]
+    table = pa.concat_tables(pq.read_table(f, columns=columns, filesystem=store.fs) for f in files)
+    emb = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(), np.float32).reshape(
+        table.num_rows, -1
+    )
+    info: dict[str, Any] = {}
+    if store.fs.get_file_info(store.path(INFO)).is_file:
+        with store.fs.open_input_stream(store.path(INFO)) as f:
+            info = json.loads(f.read())
+    return Gallery(table, emb, info.get("teacher"), info.get("checkpoint"))
