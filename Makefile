@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo bench lint format clean
+.PHONY: setup test test-fast demo tour bench lint format clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not ray"
 
+# build -> pretrain -> evaluate on a local Ray; bigger settings: make demo ARGS="--shapes 4800 --address ray://head:10001"
 demo: $(STAMP)
+	$(BIN)/python jobs/demo.py $(ARGS)
+
+tour: $(STAMP)
 	$(BIN)/python -m uni3d.demo
 
 bench: $(STAMP)
