@@ -323,6 +323,11 @@ def _metrics(
 def _evaluate(
     engine: Engine, held: HeldOut, rank: int, world: int, cfg: TrainConfig, device: torch.device
 ) -> dict[str, float]:
+    if dist.is_available() and dist.is_initialized() and world > 1:
+        # BatchNorm statistics are per rank under DeepSpeed (DDP broadcasts them each forward): evaluate
+        # every slice with rank 0's, the ones the checkpoint saves
+        for buffer in engine.model.buffers():
+            dist.broadcast(buffer, src=0)
     engine.train(False)
     try:
         counts = zero_shot_counts(lambda p: engine.forward(p)[0], held, rank, world, cfg.eval_batch_size, device)
