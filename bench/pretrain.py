@@ -1,7 +1,7 @@
 """Benchmark: pretraining throughput through Ray Train + Ray Data against a bare single-process loop.
 
 Same model (``--model``, default the demo's ``micro``), same build, same global batch
-(``--workers`` x ``--batch``) and the same step function (``pipelines.training._train_step``: decode,
+(``--workers`` x ``--batch``) and the same step function (``pipelines.training.train_step``: decode,
 draws, augmentation, forward, loss, backward, AdamW). The bare loop holds the whole build in memory as
 Arrow and slices batches from it: no I/O, no processes, no collectives; it is the ceiling the
 distributed path is measured against. Ray runs use ``--workers`` CPU workers and are timed from
@@ -31,7 +31,7 @@ from pipelines.config import BuildConfig, SourceConfig
 from pipelines.strategy import DDPEngine, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig
 from pipelines.trainer import run_pretrain
-from pipelines.training import _train_step, make_config
+from pipelines.training import make_config, train_step
 from uni3d.loss import Uni3DLoss
 from uni3d.optim import OptimConfig, build_optimizer
 
@@ -65,7 +65,7 @@ def bare_loop(data: Path, model_name: str, batch: int, steps: int, threads: int)
 
     def step(i: int) -> None:
         rows = order[(i % per_epoch) * batch : (i % per_epoch + 1) * batch]
-        _train_step(engine, loss_fn, table.take(pa.array(rows)), batch_cfg, opt, cfg, 0, i, torch.device("cpu"))
+        train_step(engine, loss_fn, table.take(pa.array(rows)), batch_cfg, opt, cfg, 0, i, torch.device("cpu"))
 
     for i in range(3):  # warm-up
         step(i)

@@ -65,7 +65,8 @@ class BuildStore:
             done.update(pq.read_table(path, columns=["uid"], filesystem=self.fs).column("uid").to_pylist())
         return done
 
-    def _write(self, table: pa.Table, folder: str, name: str, **options: Any) -> None:
+    def write_table(self, table: pa.Table, folder: str, name: str, **options: Any) -> None:
+        """Write ``<folder>/<name>.parquet`` atomically (local: rename of a temporary file)."""
         self.fs.create_dir(self.path(folder), recursive=True)
         final = self.path(folder, f"{name}.parquet")
         if not self.local:  # object stores publish an object whole when its upload completes
@@ -78,9 +79,9 @@ class BuildStore:
     def write_shard(self, name: str, rows: list[dict[str, Any]], failures: list[dict[str, str]]) -> None:
         # Failures first: if the job dies between the two writes, the re-run retries those shapes.
         if failures:
-            self._write(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), FAILURES, name)
+            self.write_table(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), FAILURES, name)
         if rows:
-            self._write(rows_to_table(rows), SHARDS, name, **parquet_write_options())
+            self.write_table(rows_to_table(rows), SHARDS, name, **parquet_write_options())
 
     def write_listing(self, rows: Iterable[dict[str, Any]], schema: pa.Schema, chunk: int = 10_000) -> tuple[str, int]:
         """Stream listing rows into one Parquet file of this run; returns its path and row count."""

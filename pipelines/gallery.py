@@ -95,9 +95,9 @@ class GalleryEmbedder:
                 out.append({name: r.get(name) for name in self.schema.names if name != "embedding"} | {"embedding": e})
         name = "part-" + hashlib.sha1("\n".join(sorted(r["uid"] for r in rows)).encode()).hexdigest()[:16]
         if failures:
-            self.store._write(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), "failures", name)
+            self.store.write_table(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), "failures", name)
         if out:
-            self.store._write(pa.Table.from_pylist(out, schema=self.schema), SHARDS, name)
+            self.store.write_table(pa.Table.from_pylist(out, schema=self.schema), SHARDS, name)
         return pa.table({"uid": [r["uid"] for r in rows], "stage": [r.get("error_stage") or "" for r in rows]})
 
 

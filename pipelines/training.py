@@ -221,7 +221,7 @@ def train_loop(config: dict[str, Any]) -> None:
             if index >= per_epoch or step >= stop_at:
                 break
             waited += time.perf_counter() - fetch
-            out, finite = _train_step(engine, loss_fn, batch, batch_cfg, opt_cfg, cfg, rank, step, device)
+            out, finite = train_step(engine, loss_fn, batch, batch_cfg, opt_cfg, cfg, rank, step, device)
             guard.update(finite, step + 1)
             step += 1
             window_steps += 1
@@ -250,7 +250,7 @@ def train_loop(config: dict[str, Any]) -> None:
         writer.close()
 
 
-def _train_step(
+def train_step(
     engine: Engine,
     loss_fn: Uni3DLoss,
     batch: Any,

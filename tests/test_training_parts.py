@@ -19,7 +19,7 @@ from pipelines.splits import drop_holdout, holdout_mask, keep_holdout
 from pipelines.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig
 from pipelines.trainer import check_resume
-from pipelines.training import NonFiniteGuard, NonFiniteLoss, TrainConfig, _train_step, make_config
+from pipelines.training import NonFiniteGuard, NonFiniteLoss, TrainConfig, make_config, train_step
 from uni3d.loss import Uni3DLoss
 from uni3d.optim import OptimConfig, build_optimizer
 
@@ -131,7 +131,7 @@ def test_a_non_finite_loss_skips_the_step_and_a_finite_one_takes_it() -> None:
         bias[0] = float("nan")  # a NaN in the output: the loss is NaN
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = rows(4, ["chair"])
-    out, finite = _train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 3, torch.device("cpu"))
+    out, finite = train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 3, torch.device("cpu"))
     assert not finite and not torch.isfinite(out["loss"])
     changed = [
         k for k, v in model.state_dict().items() if not torch.allclose(before[k], v, rtol=0, atol=0, equal_nan=True)
@@ -141,7 +141,7 @@ def test_a_non_finite_loss_skips_the_step_and_a_finite_one_takes_it() -> None:
     assert not engine.optimizer.state  # AdamW never stepped
     with torch.no_grad():
         bias.copy_(good)
-    out, finite = _train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 3, torch.device("cpu"))
+    out, finite = train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 3, torch.device("cpu"))
     assert finite and torch.isfinite(out["loss"])
     assert not torch.equal(before["point_encoder.trans2embed.weight"], model.point_encoder.trans2embed.weight)
 
@@ -156,7 +156,7 @@ def test_train_step_draws_are_a_function_of_the_step() -> None:
         cfg = TrainConfig(data="build", batch_size=4)
         torch.manual_seed(123 + len(losses))  # the global RNG state must not matter
         batch, cpu = rows(4, ["chair"]), torch.device("cpu")
-        out, _ = _train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 7, cpu)
+        out, _ = train_step(engine, Uni3DLoss(), batch, TrainBatchConfig(E), opt, cfg, 0, 7, cpu)
         losses.append(float(out["loss"]))
     assert losses[0] == losses[1]
 
