@@ -28,12 +28,12 @@ from common import machine
 import uni3d
 from pipelines.build import run_build
 from pipelines.config import BuildConfig, SourceConfig
-from pipelines.strategy import DDPEngine, vector_logit_scale_
+from pipelines.strategy import DDPEngine
 from pipelines.train_batch import TrainBatchConfig
 from pipelines.trainer import run_pretrain
 from pipelines.training import make_config, train_step
 from uni3d.loss import Uni3DLoss
-from uni3d.optim import OptimConfig, build_optimizer
+from uni3d.optim import OptimConfig
 
 
 def build(out: Path, shapes: int, points: int) -> Path:
@@ -48,16 +48,8 @@ def bare_loop(data: Path, model_name: str, batch: int, steps: int, threads: int)
     torch.set_num_threads(threads)
     table = pa.concat_tables(pq.read_table(p) for p in sorted((data / "shards").glob("*.parquet")))
     embed_dim = int(table.column("embed_dim")[0].as_py())
-    model = vector_logit_scale_(uni3d.create_model(model_name, embed_dim=embed_dim))
     opt = OptimConfig(lr=1e-3, warmup_steps=10, total_steps=steps + 5)
-    engine = DDPEngine(
-        model,
-        build_optimizer(model, opt, depth=model.cfg.depth),
-        grad_clip=5.0,
-        precision="fp32",
-        device=torch.device("cpu"),
-        wrap=lambda m: m,
-    )
+    engine = DDPEngine.single_process(uni3d.create_model(model_name, embed_dim=embed_dim), opt)
     cfg = make_config(str(data), "cpu", {"model": model_name, "batch_size": batch})
     loss_fn, batch_cfg = Uni3DLoss(), TrainBatchConfig(embed_dim)
     order = np.random.default_rng(0).permutation(table.num_rows)

@@ -28,7 +28,6 @@ import uni3d
 from uni3d.encoder import Uni3D
 from uni3d.loss import clamp_logit_scale_
 
-Strategy = Literal["deepspeed", "ddp"]
 Precision = Literal["fp32", "bf16"]
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -122,6 +121,18 @@ class DDPEngine(Engine):
         if resume is not None:  # before wrapping: DDP broadcasts rank 0's weights when it wraps
             self.load(resume)
         self.module = wrap(TrainModule(model))
+
+    @classmethod
+    def single_process(
+        cls, model: Uni3D, opt_cfg: Any, grad_clip: float = 5.0, device: torch.device | None = None
+    ) -> DDPEngine:
+        """An engine for one process without torch.distributed (benchmarks, tests, notebooks)."""
+        from uni3d.optim import build_optimizer
+
+        vector_logit_scale_(model)
+        optimizer = build_optimizer(model, opt_cfg, depth=model.cfg.depth)
+        device = device or torch.device("cpu")
+        return cls(model, optimizer, grad_clip=grad_clip, precision="fp32", device=device, wrap=lambda m: m)
 
     def forward(self, pc: Tensor) -> tuple[Tensor, Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

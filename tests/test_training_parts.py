@@ -21,7 +21,7 @@ from pipelines.train_batch import TrainBatchConfig
 from pipelines.trainer import check_resume
 from pipelines.training import NonFiniteGuard, NonFiniteLoss, TrainConfig, make_config, train_step
 from uni3d.loss import Uni3DLoss
-from uni3d.optim import OptimConfig, build_optimizer
+from uni3d.optim import OptimConfig
 
 E = 16
 
@@ -108,17 +108,8 @@ def test_non_finite_guard_counts_and_stops_after_too_many_in_a_row() -> None:
 
 
 def _engine(model: uni3d.Uni3D) -> tuple[DDPEngine, OptimConfig]:
-    vector_logit_scale_(model)
     opt = OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10)
-    engine = DDPEngine(
-        model,
-        build_optimizer(model, opt, depth=model.cfg.depth),
-        grad_clip=5.0,
-        precision="fp32",
-        device=torch.device("cpu"),
-        wrap=lambda m: m,
-    )
-    return engine, opt
+    return DDPEngine.single_process(model, opt), opt
 
 
 def test_a_non_finite_loss_skips_the_step_and_a_finite_one_takes_it() -> None:
