@@ -1,60 +1,254 @@
-"""Benchmark: the dataset build end to end on a local Ray (``pipelines.build.run_build``).
+"""Benchmark: the dataset build on Ray Data (``pipelines.build.run_build``), streaming and spreading.
 
-Builds procedural shapes at the official 10,000 points, in one run each:
-- text path: the MiniLM teacher (no renders);
-- image path: 12 views at 224x224 rendered and embedded by the random OpenCLIP stand-in (its compute is
-  tiny next to the real EVA02-E-14-plus, so this measures the pipeline, not a teacher);
-- the image path again with 2 shape workers instead of 1 (scaling).
-Reports shapes/s end to end (pipeline wall time, Ray start and listing excluded), mean seconds per
-shape by stage, peak resident memory of all processes (driver + Ray), and bytes per shape on disk
-against OpenShape's per-shape ``.npy`` layout holding the same points and embeddings.
+Sections (``--sections``, default all), each printed as a Markdown table:
+- ``scaling``: the image path (procedural shapes, 10,000 points, 12 views at 224x224, the random
+  OpenCLIP stand-in as teacher) as a plain single-process loop over the same stage code (the
+  baseline), then on a local Ray with 1, 2 and 4 shape workers sharing the same CPUs fairly
+  (``--shape-cpus`` split between them, one render thread each), then on a simulated 3-node cluster
+  (``ray.cluster_utils.Cluster``, three raylets on this machine) with one shape worker per node.
+  Time to first shard, shapes/s, shapes sampled when the first shard landed, rows per actor and node.
+- ``memory``: a ``--memory-shapes`` build with renders under a configured object-store bound
+  (``resources.object_store_gib``); the object store's use, polled from Ray every 0.25 s, against it.
+- ``listing``: a ``--listing-rows`` procedural listing (generated uids) written, planned and cut into
+  blocks by Ray Data (no shape work): time and the driver's peak resident memory.
+- ``storage``: bytes per shape of the build against OpenShape's per-shape ``.npy`` layout.
 
-Usage: ``python bench/build.py [--shapes 96] [--out /tmp/uni3d-bench-build]``
+Timings are wall time from the pipeline's start (actors' start-up included, listing excluded).
+Usage: ``python bench/build.py [--sections scaling memory listing storage] [--shapes 240]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from common import machine
 
-from pipelines.build import run_build
+from pipelines.build import listing_dataset, plan_build, renders_views, run_build, select
+from pipelines.build_io import BuildStore
 from pipelines.config import BuildConfig, ResourceConfig, SourceConfig
 from pipelines.schema import decode_embeddings, decode_points_batch
+from pipelines.sources import list_shapes
+from pipelines.stages import LISTING_SCHEMA, Embedder, ShapeWorker, write_shards
+
+TEACHER = "openclip-random:tiny-ViT-32"
+EMBED_CPUS = 0.25
 
 
-class PeakMemory:
-    """Samples the summed RSS of this process tree and Ray's processes every 0.2 s."""
+class Sampler:
+    """Calls ``probe`` every ``every`` seconds on a thread and keeps the largest value."""
 
-    def __init__(self) -> None:
-        self.peak = 0
+    def __init__(self, probe: Callable[[], int], every: float = 0.25) -> None:
+        self.probe, self.every, self.peak = probe, every, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            total = 0
-            for proc in psutil.process_iter(["cmdline", "memory_info"]):
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if "ray" in cmd or proc.pid == psutil.Process().pid:
-                    total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
-            self.peak = max(self.peak, total)
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.probe())
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak = max(self.peak, self.probe())
+
+
+def object_store_used() -> int:
+    """Bytes in Ray's object store, summed over the cluster's nodes (what ``ray memory --stats-only`` reads)."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    return int(get_memory_info_reply(get_state_from_address()).store_stats.object_store_bytes_used)
+
+
+def config(out: str, shapes: int, workers: int, shape_cpus: float, **kw) -> BuildConfig:
+    res = ResourceConfig(
+        shape_workers=workers,
+        shape_worker_cpus=shape_cpus / workers,
+        embed_workers=1,
+        embed_worker_cpus=EMBED_CPUS,
+        **kw.pop("resources", {}),
+    )
+    return BuildConfig(
+        output=out,
+        teacher=TEACHER,
+        source=SourceConfig(num_shapes=shapes),
+        resources=res,
+        rows_per_shard=16,
+        progress_every_s=1e9,
+        **kw,
+    )
+
+
+def loop_baseline(cfg: BuildConfig) -> dict:
+    """The same stage code in one process, one batch after another: list, shape, embed, write."""
+    shutil.rmtree(cfg.output, ignore_errors=True)
+    before = os.environ.get("LP_NUM_THREADS")
+    start = time.perf_counter()
+    shaper = ShapeWorker(
+        num_points=cfg.num_points,
+        seed=cfg.seed,
+        num_views=renders_views(cfg.teacher, cfg.num_views),
+        image_size=cfg.image_size,
+        msaa=cfg.msaa,
+        context={"teacher_name": None, "up_axis": "y"},
+        cpus=os.cpu_count() or 1,  # one process: every core renders
+    )
+    embedder = Embedder(cfg.teacher)
+    rows = [r.to_row() for r in list_shapes(cfg.source, cfg.output)]
+    first = None
+    for i in range(0, len(rows), cfg.rows_per_shard):
+        batch = pa.Table.from_pylist(rows[i : i + cfg.rows_per_shard], schema=LISTING_SCHEMA)
+        write_shards(embedder(shaper(batch)), cfg.output)
+        first = first or time.perf_counter() - start
+    wall = time.perf_counter() - start
+    if before is None:  # keep this process's render threads out of the Ray workers started later
+        os.environ.pop("LP_NUM_THREADS", None)
+    return {
+        "run": "plain loop, 1 process (baseline)",
+        "wall_s": wall,
+        "shapes": len(rows),
+        "first_shard_s": first,
+        "steady_shapes_per_s": (len(rows) - cfg.rows_per_shard) / (wall - first),
+    }
+
+
+def ray_run(name: str, cfg: BuildConfig) -> dict:
+    shutil.rmtree(cfg.output, ignore_errors=True)
+    report = run_build(cfg, log=lambda line: None)
+    s = report.stats
+    return {
+        "run": name,
+        "wall_s": report.wall_s,
+        "shapes": report.shapes,
+        "first_shard_s": s.first_shard_s,
+        # After the first shard: start-up (actor processes, teacher load) excluded.
+        "steady_shapes_per_s": (report.shapes - cfg.rows_per_shard) / (s.last_shard_s - s.first_shard_s),
+        "shaped_at_first_shard": s.shaped_at_first_shard,
+        "blocks": s.plan["num_blocks"],
+        "rows_per_shape_worker": sorted(s.rows_by_worker["shape"].values()),
+        "rows_per_node": sorted(s.rows_by_node["shape"].values()),
+        "failures": report.failures,
+    }
+
+
+def scaling(args: argparse.Namespace) -> list[dict]:
+    out = f"{args.out}/scaling"
+    runs = [loop_baseline(config(out, args.shapes, 1, args.shape_cpus))]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for workers in (1, 2, 4):
+        cfg = config(out, args.shapes, workers, args.shape_cpus)
+        runs.append(ray_run(f"Ray, {workers} shape worker(s) x {args.shape_cpus / workers:g} CPU", cfg))
+    ray.shutdown()
+    runs.append(cluster_run(args, out))
+    base = runs[0]["steady_shapes_per_s"]
+    print(f"\n# build scaling: {args.shapes} procedural shapes, 10,000 points, 12 views at 224^2, on {machine()}")
+    print(
+        "| run | first shard (s) | shaped at first shard | shapes/s, whole run | shapes/s after the first shard "
+        "| vs loop | blocks | rows per shape worker |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        print(
+            f"| {r['run']} | {r['first_shard_s']:.1f} | {r.get('shaped_at_first_shard', '-')} / {r['shapes']} | "
+            f"{r['shapes'] / r['wall_s']:.2f} | {r['steady_shapes_per_s']:.2f} | "
+            f"{r['steady_shapes_per_s'] / base:.2f}x | "
+            f"{r.get('blocks', '-')} | {r.get('rows_per_shape_worker', '-')} |"
+        )
+    return runs
+
+
+def cluster_run(args: argparse.Namespace, out: str) -> dict:
+    from ray.cluster_utils import Cluster
+
+    # 2 logical CPUs per node: Ray Data's listing and repartition tasks need one whole CPU on some node.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    try:
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        cluster.wait_for_nodes()
+        cfg = config(out, args.shapes, 3, 0.75)
+        return ray_run("simulated 3-node cluster (3 raylets, same 2 cores), 3 shape workers x 0.25 CPU", cfg)
+    finally:
+        ray.shutdown()
+        for node in nodes:
+            cluster.remove_node(node)
+        cluster.shutdown()
+
+
+def memory(args: argparse.Namespace) -> dict:
+    out = f"{args.out}/memory"
+    cfg = config(out, args.memory_shapes, 2, args.shape_cpus, resources={"object_store_gib": args.bound_gib})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    idle = object_store_used()
+    with Sampler(object_store_used) as store:
+        run = ray_run("memory", cfg)
+    plan = plan_build(cfg, args.memory_shapes)
+    ray.shutdown()
+    run |= {"peak_object_store": store.peak, "idle_object_store": idle, "plan": plan.to_dict()}
+    print(f"\n# build memory: {args.memory_shapes} shapes with renders, on {machine()}")
+    print("| shapes | blocks of | per shape in flight | planned hold | bound | peak object store | shapes/s |")
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {run['shapes']} | {plan.rows_per_block} | {plan.bytes_per_shape / 2**20:.2f} MiB | "
+        f"{plan.in_flight_bytes / 2**20:.0f} MiB | {plan.budget_bytes / 2**20:.0f} MiB | "
+        f"{store.peak / 2**20:.0f} MiB | {run['shapes'] / run['wall_s']:.2f} |"
+    )
+    return run
+
+
+def listing(args: argparse.Namespace) -> dict:
+    """List ``--listing-rows`` procedural shapes, plan them and let Ray Data cut the listing into blocks."""
+    process = psutil.Process()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    base_rss = process.memory_info().rss
+    cfg = BuildConfig(output=f"{args.out}/listing", source=SourceConfig(num_shapes=args.listing_rows))
+    shutil.rmtree(cfg.output, ignore_errors=True)
+    store = BuildStore(cfg.output)
+    renders_views(cfg.teacher, cfg.num_views)  # import the teacher registry before the clock starts
+    times = {}
+    with Sampler(lambda: process.memory_info().rss) as rss:
+        start = time.perf_counter()
+        refs = select(list_shapes(cfg.source, cfg.output), store.done_uids(), cfg.shard, None)
+        path, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA)
+        times["list_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        plan = plan_build(cfg, total)
+        times["plan_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        ds = listing_dataset(store, path, plan.rows_per_block, cfg.resources.read_cpus)
+        blocks = rows = 0
+        for bundle in ds.iter_internal_ref_bundles():
+            blocks += len(bundle.blocks)
+            rows += bundle.num_rows()
+        times["split_s"] = time.perf_counter() - start
+    ray.shutdown()
+    size = Path(path).stat().st_size
+    run = {"rows": rows, "blocks": blocks, "rows_per_block": plan.rows_per_block, "listing_bytes": size}
+    run |= times | {"driver_rss_before": base_rss, "driver_rss_peak": rss.peak}
+    print(f"\n# build listing: {args.listing_rows:,} generated procedural uids, on {machine()}")
+    print("| rows | listing file | list + write (s) | plan | cut into blocks (s) | blocks | driver RSS before | peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {rows:,} | {size / 2**20:.1f} MiB | {times['list_s']:.1f} | {times['plan_s'] * 1e3:.1f} ms | "
+        f"{times['split_s']:.1f} | {blocks:,} of {plan.rows_per_block} | {base_rss / 2**30:.2f} GiB | "
+        f"{rss.peak / 2**30:.2f} GiB |"
+    )
+    return run
 
 
 def openshape_bytes(out: Path, folder: Path, limit: int = 16) -> float:
@@ -80,63 +274,35 @@ def openshape_bytes(out: Path, folder: Path, limit: int = 16) -> float:
     return float(np.mean(sizes))
 
 
-def one(name: str, cfg: BuildConfig) -> dict:
-    shutil.rmtree(cfg.output, ignore_errors=True)
-    with PeakMemory() as mem:
-        report = run_build(cfg, log=lambda line: None)
-    out = Path(cfg.output)
-    disk = sum(p.stat().st_size for p in (out / "shards").glob("*.parquet"))
-    n = report.manifest.num_shapes
-    return {
-        "run": name,
-        "shapes": n,
-        "failures": report.failures,
-        "wall_s": report.wall_s,
-        "shapes_per_s": n / report.wall_s,
-        "stage_ms": {k: 1e3 * v / n for k, v in sorted(report.seconds.items())},
-        "peak_rss_gib": mem.peak / 2**30,
-        "bytes_per_shape": disk / n,
-        "openshape_bytes_per_shape": openshape_bytes(out, out / "openshape-npy"),
-    }
+def storage(args: argparse.Namespace) -> dict:
+    out = Path(f"{args.out}/storage")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_run("storage", config(str(out), 64, 1, args.shape_cpus))
+    ray.shutdown()
+    disk = sum(p.stat().st_size for p in (out / "shards").glob("*.parquet")) / 64
+    npy = openshape_bytes(out, out / "openshape-npy")
+    print(f"\n# build storage: bytes per shape on disk, {machine()}")
+    print("| ours (Parquet, zstd) | OpenShape .npy | ratio |\n|---|---|---|")
+    print(f"| {disk:,.0f} | {npy:,.0f} | {npy / disk:.1f}x |")
+    return {"bytes_per_shape": disk, "openshape_bytes_per_shape": npy}
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+SECTIONS = {"scaling": scaling, "memory": memory, "listing": listing, "storage": storage}
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", type=int, default=96)
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--shapes", type=int, default=240)
+    ap.add_argument("--shape-cpus", type=float, default=0.75, help="CPUs of the whole shape pool, split fairly")
+    ap.add_argument("--memory-shapes", type=int, default=4000)
+    ap.add_argument("--bound-gib", type=float, default=0.25, help="resources.object_store_gib of the memory run")
+    ap.add_argument("--listing-rows", type=int, default=1_000_000)
     ap.add_argument("--out", default="/tmp/uni3d-bench-build")
     args = ap.parse_args(argv)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    source = SourceConfig(num_shapes=args.shapes)
-
-    def cfg(tag: str, teacher: str, workers: int) -> BuildConfig:
-        res = ResourceConfig(shape_workers=workers, shape_worker_cpus=0.3)  # 2 x 0.3 fit next to the listing task
-        return BuildConfig(
-            output=f"{args.out}/{tag}",
-            teacher=teacher,
-            source=source,
-            resources=res,
-            rows_per_shard=32,
-            progress_every_s=1e9,
-        )
-
-    runs = [
-        one("text path (MiniLM), 1 shape worker", cfg("text", "minilm", 1)),
-        one("image path (12 views), 1 shape worker", cfg("img1", "openclip-random:tiny-ViT-32", 1)),
-        one("image path (12 views), 2 shape workers", cfg("img2", "openclip-random:tiny-ViT-32", 2)),
-    ]
-    ray.shutdown()
-    print(f"# build: {args.shapes} procedural shapes, 10,000 points, on {machine()}")
-    print("| run | shapes/s | ms/shape by stage | peak RSS (GiB) | bytes/shape | OpenShape .npy | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for r in runs:
-        stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_ms"].items())
-        ratio = r["openshape_bytes_per_shape"] / r["bytes_per_shape"]
-        print(
-            f"| {r['run']} | {r['shapes_per_s']:.2f} | {stages} | {r['peak_rss_gib']:.1f} | "
-            f"{r['bytes_per_shape']:,.0f} | {r['openshape_bytes_per_shape']:,.0f} | {ratio:.1f}x |"
-        )
-    print(json.dumps(runs))
-    return runs
+    results = {name: SECTIONS[name](args) for name in args.sections}
+    print(json.dumps(results, default=str))
+    return results
 
 
 if __name__ == "__main__":

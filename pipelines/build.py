@@ -1,10 +1,14 @@
 """The dataset build on Ray Data: list → fetch/load/sample/render → embed → write, streaming.
 
 ``run_build`` lists the source on the driver (streamed into a Parquet listing, minus what earlier
-runs already wrote), then streams that listing through three actor pools (``pipelines.stages``)
-whose sizes, batch sizes and CPU/GPU requests come from ``BuildConfig.resources``: the same job
-fills a 2-core laptop or a cluster of CPU and GPU nodes. Nothing is collected on the driver but
-one small summary row per shape, reduced as it arrives into progress lines and the manifest.
+runs already wrote), cuts that listing into many small blocks (``pipelines.build_plan``) and
+streams them through two actor pools and a pool of writer tasks (``pipelines.stages``) whose sizes,
+batch sizes and CPU/GPU requests come from ``BuildConfig.resources``: every shape worker has work,
+the teacher and the writers start on the first blocks, and Ray Data's backpressure keeps the views
+in flight within the object-store budget, on a 2-core laptop or a cluster of CPU and GPU nodes.
+Nothing is collected on the driver but one small summary row per shape, reduced as it arrives into
+progress lines, the manifest and the run's stats (which actor and node did each stage, when the
+first shard landed, Ray Data's own ``Dataset.stats()``) under ``stats/``.
 """
 
 from __future__ import annotations
@@ -14,18 +18,34 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from pipelines.build_io import BuildStore
+from pipelines.build_plan import BlockPlan, bytes_per_shape, plan_blocks
 from pipelines.config import BuildConfig, parse_shard
 from pipelines.schema import FAILURES_SCHEMA, Manifest
 from pipelines.shapes import ShapeRef
 from pipelines.sources import list_shapes, objaverse_config
-from pipelines.stages import LISTING_SCHEMA, Embedder, ShapeWorker, ShardWriter
+from pipelines.stages import LISTING_SCHEMA, Embedder, ShapeWorker, write_shards
+
+
+@dataclass
+class BuildStats:
+    """How this run spread and streamed, from its summary rows (Ray Data's own report in ``ray_data``)."""
+
+    rows_by_worker: dict[str, dict[str, int]] = field(default_factory=dict)  # "shape" | "embed" -> actor -> rows
+    rows_by_node: dict[str, dict[str, int]] = field(default_factory=dict)  # "shape" | "embed" -> node -> rows
+    shards_written: int = 0  # shard or failure files written by this run
+    first_shard_s: float | None = None  # pipeline start -> first shard (or failures file) written
+    last_shard_s: float | None = None  # pipeline start -> last one written
+    shaped_at_first_shard: int = 0  # rows the shape stage had finished when the first shard landed
+    plan: dict = field(default_factory=dict)  # the BlockPlan
+    ray_data: str = ""  # Dataset.stats() of the run
 
 
 @dataclass
@@ -37,6 +57,7 @@ class BuildReport:
     failures: dict[str, int] = field(default_factory=dict)  # stage -> shapes this run
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> summed wall time over shapes
     wall_s: float = 0.0  # pipeline wall time, listing excluded
+    stats: BuildStats = field(default_factory=BuildStats)
 
 
 def in_shard(uid: str, index: int, count: int) -> bool:
@@ -88,14 +109,44 @@ def check_resources(cfg: BuildConfig) -> None:
     if cfg.resources.check_fits and needed > available + 1e-9:
         raise ValueError(
             f"the build's actors ask for {cfg.resources.actor_cpus():g} CPUs (resources.shape_workers x "
-            f"shape_worker_cpus + embed_workers x embed_worker_cpus + writer_cpus) and Ray Data's listing needs "
-            f"1 more, but the cluster has {available:g}: lower resources.* (or set resources.check_fits=false "
+            f"shape_worker_cpus + embed_workers x embed_worker_cpus) and Ray Data's listing and writer tasks "
+            f"need 1 more, but the cluster has {available:g}: lower resources.* (or set resources.check_fits=false "
             "on an autoscaling cluster)"
         )
 
 
+def object_store_budget(gib: float) -> int:
+    """Bytes of object store Ray Data may fill: ``gib`` if set (> 0), never above Ray Data's own default
+    of half the cluster's object store (it takes the smaller of the two)."""
+    default = int(0.5 * ray.cluster_resources().get("object_store_memory", 0.0))
+    configured = int(gib * 2**30)
+    return min(configured, default) if configured > 0 else default
+
+
+def limit_object_store(ds: ray.data.Dataset, budget_bytes: int) -> ray.data.Dataset:
+    """Bound what this dataset's execution holds in the object store; Ray Data backpressures beyond it."""
+    options = ds.context.execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=budget_bytes)
+    return ds
+
+
+def plan_build(cfg: BuildConfig, total: int) -> BlockPlan:
+    res = cfg.resources
+    return plan_blocks(
+        total,
+        rows_per_shard=cfg.rows_per_shard,
+        shape_workers=res.shape_workers,
+        embed_workers=res.embed_workers,
+        embed_batch=res.embed_batch,
+        per_shape=bytes_per_shape(cfg.num_points, renders_views(cfg.teacher, cfg.num_views), cfg.image_size),
+        budget_bytes=object_store_budget(res.object_store_gib),
+        rows_per_block=res.rows_per_block,
+    )
+
+
 def run_build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildReport:
     check_resources(cfg)
+    plan_build(cfg, 0)  # a configuration that cannot fit the object store fails before listing
     store = BuildStore(cfg.output)
     check_same_build(store, cfg)
     store.fs.create_dir(store.path("_work"), recursive=True)
@@ -104,33 +155,47 @@ def run_build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildRepo
 
     done = store.done_uids()
     refs = select(list_shapes(cfg.source, cfg.output), done, cfg.shard, cfg.limit)
-    listing, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA, chunk=cfg.rows_per_shard)
+    listing, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA, chunk=10_000)
     log(
         f"[build] {total} shapes to build ({len(done)} already in {cfg.output}), source={cfg.source.kind}, "
         f"teacher={cfg.teacher}"
     )
-    stats = _run(cfg, store, listing, total, log) if total else {"failures": Counter(), "seconds": Counter(), "n": 0}
+    stats = BuildStats()
+    summary: dict = {"failures": Counter(), "seconds": Counter(), "n": 0}
+    if total:
+        plan = plan_build(cfg, total)
+        log(f"[build] plan: {plan.describe()}")
+        summary, stats = _run(cfg, store, listing, plan, log)
+        _write_stats(store, cfg, summary, stats)
     store.remove(listing)
-    manifest = _finish(cfg, store, stats, log)
-    return BuildReport(manifest, stats["n"], dict(stats["failures"]), dict(stats["seconds"]), stats.get("wall", 0.0))
+    manifest = _finish(cfg, store, summary, log)
+    return BuildReport(
+        manifest, summary["n"], dict(summary["failures"]), dict(summary["seconds"]), summary.get("wall", 0.0), stats
+    )
 
 
-def _pipeline(cfg: BuildConfig, store: BuildStore, listing: str, total: int) -> ray.data.Dataset:
+def listing_dataset(store: BuildStore, listing: str, rows_per_block: int, read_cpus: float) -> ray.data.Dataset:
+    """The run's listing as a Ray Dataset of blocks of ``rows_per_block`` rows.
+
+    Ray Data reads one small Parquet file as one block whatever ``override_num_blocks`` says, and an
+    actor pool runs one task per block, so the listing is re-cut by a streaming repartition: blocks
+    flow to the pools as they are cut, and every actor of a pool gets its share.
+    """
+    ds = ray.data.read_parquet(listing, filesystem=store.fs, num_cpus=read_cpus)
+    return ds.repartition(target_num_rows_per_block=rows_per_block, strict=True)
+
+
+def _pipeline(cfg: BuildConfig, store: BuildStore, listing: str, plan: BlockPlan) -> ray.data.Dataset:
     res = cfg.resources
     context = {"teacher_name": None, "up_axis": cfg.source.up_axis}
     if cfg.source.kind == "objaverse":
         context["objaverse"] = objaverse_config(cfg.source, cfg.output)
     num_views = renders_views(cfg.teacher, cfg.num_views)
-    ds = ray.data.read_parquet(
-        listing,
-        filesystem=store.fs,
-        ray_remote_args={"num_cpus": res.read_cpus},
-        override_num_blocks=max(1, -(-total // cfg.rows_per_shard)),
-    )
+    ds = listing_dataset(store, listing, plan.rows_per_block, res.read_cpus)
     ds = ds.map_batches(
         ShapeWorker,
         batch_format="pyarrow",
-        batch_size=res.shape_batch,
+        batch_size=min(res.shape_batch, plan.rows_per_block),  # never bundle blocks: one task per block
         fn_constructor_kwargs=dict(
             num_points=cfg.num_points,
             seed=cfg.seed,
@@ -138,46 +203,95 @@ def _pipeline(cfg: BuildConfig, store: BuildStore, listing: str, total: int) -> 
             image_size=cfg.image_size,
             msaa=cfg.msaa,
             context=context,
+            cpus=res.shape_worker_cpus,
         ),
         compute=ray.data.ActorPoolStrategy(size=res.shape_workers),
-        num_cpus=res.shape_worker_cpus,
+        num_cpus=res.shape_worker_cpus,  # Ray Data places a pool's actors with SPREAD: every node gets some
     )
     ds = ds.map_batches(
         Embedder,
         batch_format="pyarrow",
-        batch_size=res.embed_batch,
+        batch_size=plan.embed_rows,  # resources.embed_batch rounded up to whole blocks
         fn_constructor_kwargs=dict(teacher=cfg.teacher),
         compute=ray.data.ActorPoolStrategy(size=res.embed_workers),
         num_cpus=res.embed_worker_cpus,
         num_gpus=res.embed_worker_gpus,
     )
-    return ds.map_batches(
-        ShardWriter,
+    # Teacher outputs are whole blocks that divide a shard (pipelines.build_plan), so Ray Data bundles them
+    # into batches of exactly rows_per_shard rows: one shard per batch, with no re-blocking stage (a
+    # streaming repartition here would hold a whole CPU and starve the writers of their budget).
+    ds = ds.map_batches(
+        write_shards,
         batch_format="pyarrow",
         batch_size=cfg.rows_per_shard,
-        fn_constructor_kwargs=dict(output=cfg.output),
-        compute=ray.data.ActorPoolStrategy(size=1),
+        fn_kwargs=dict(output=cfg.output),
         num_cpus=res.writer_cpus,
     )
+    return limit_object_store(ds, plan.budget_bytes)
 
 
-def _run(cfg: BuildConfig, store: BuildStore, listing: str, total: int, log: Callable[[str], None]) -> dict:
+def _run(
+    cfg: BuildConfig, store: BuildStore, listing: str, plan: BlockPlan, log: Callable[[str], None]
+) -> tuple[dict, BuildStats]:
     failures: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
-    n, start, last = 0, time.perf_counter(), time.perf_counter()
-    for batch in _pipeline(cfg, store, listing, total).iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            n += 1
-            if row["stage"]:
-                failures[row["stage"]] += 1
-            seconds.update(dict(row["seconds"] or []))
+    workers: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
+    nodes: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
+    shaped_at: list[np.ndarray] = []
+    shards: set[str] = set()
+    first_written, last_written = float("inf"), 0.0
+    n, start, start_wall, last = 0, time.perf_counter(), time.time(), time.perf_counter()
+    ds = _pipeline(cfg, store, listing, plan)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        n += batch.num_rows
+        stages = [s for s in batch.column("stage").to_pylist() if s]
+        failures.update(stages)
+        for row_seconds in batch.column("seconds").to_pylist():
+            seconds.update(dict(row_seconds or []))
+        for stage in ("shape", "embed"):
+            workers[stage].update(w for w in batch.column(f"{stage}_worker").to_pylist() if w)
+            nodes[stage].update(w for w in batch.column(f"{stage}_node").to_pylist() if w)
+        shaped_at.append(batch.column("shape_done_at").to_numpy(zero_copy_only=False))
+        shards.update(batch.column("shard").to_pylist())
+        first_written = min(first_written, pc.min(batch.column("written_at")).as_py())
+        last_written = max(last_written, pc.max(batch.column("written_at")).as_py())
         now = time.perf_counter()
-        if now - last >= cfg.progress_every_s or n == total:
+        if now - last >= cfg.progress_every_s or n == plan.total:
             rate = n / (now - start)
-            eta = (total - n) / rate if rate > 0 else float("inf")
-            log(f"[build] {n}/{total} shapes, {rate:.2f} shapes/s, ETA {eta:.0f} s, failures {sum(failures.values())}")
+            eta = (plan.total - n) / rate if rate > 0 else float("inf")
+            log(
+                f"[build] {n}/{plan.total} shapes, {rate:.2f} shapes/s, ETA {eta:.0f} s, "
+                f"failures {sum(failures.values())}, {len(shards)} shards written"
+            )
             last = now
-    return {"failures": failures, "seconds": seconds, "n": n, "wall": time.perf_counter() - start}
+    done_at = np.concatenate(shaped_at) if shaped_at else np.zeros(0)
+    stats = BuildStats(
+        rows_by_worker={k: dict(v) for k, v in workers.items()},
+        rows_by_node={k: dict(v) for k, v in nodes.items()},
+        shards_written=len(shards),
+        first_shard_s=first_written - start_wall if shards else None,
+        last_shard_s=last_written - start_wall if shards else None,
+        shaped_at_first_shard=int(np.sum(np.nan_to_num(done_at, nan=np.inf) <= first_written)),
+        plan=plan.to_dict(),
+        ray_data=ds.stats(),
+    )
+    summary = {"failures": failures, "seconds": seconds, "n": n, "wall": time.perf_counter() - start}
+    return summary, stats
+
+
+def _write_stats(store: BuildStore, cfg: BuildConfig, summary: dict, stats: BuildStats) -> None:
+    """``stats/build-<time>.json`` (and Ray Data's report as ``.txt``): what this run did and where."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    record = {
+        "shapes": summary["n"],
+        "wall_s": summary["wall"],
+        "failures": dict(summary["failures"]),
+        "seconds_per_stage": dict(summary["seconds"]),
+        **{k: v for k, v in asdict(stats).items() if k != "ray_data"},
+        "config": cfg.to_dict(),
+    }
+    store.write_text(f"stats/build-{stamp}.json", json.dumps(record, indent=2))
+    store.write_text(f"stats/build-{stamp}-ray-data.txt", stats.ray_data)
 
 
 def _finish(cfg: BuildConfig, store: BuildStore, stats: dict, log: Callable[[str], None]) -> Manifest:

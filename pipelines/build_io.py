@@ -99,6 +99,14 @@ class BuildStore:
                 count += len(buffer)
         return path, count
 
+    def write_text(self, relative: str, text: str) -> None:
+        """Write a small text file (stats, reports) at ``relative`` under the root."""
+        folder, _, _ = relative.rpartition("/")
+        if folder:
+            self.fs.create_dir(self.path(folder), recursive=True)
+        with self.fs.open_output_stream(self.path(relative)) as f:
+            f.write(text.encode())
+
     def remove(self, path: str) -> None:
         self.fs.delete_file(path)
 

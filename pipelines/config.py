@@ -37,27 +37,33 @@ class SourceConfig:
 
 @dataclass
 class ResourceConfig:
-    """Actor pools of the build. Defaults fit a 2-core laptop: the actors' CPU requests leave one CPU
-    free for Ray Data's listing and read tasks (which ask for 1 CPU each). On a cluster, size the
-    pools to the nodes, e.g. ``--set resources.shape_workers=64 --set resources.embed_worker_gpus=1``."""
+    """Actor pools of the build and what they may hold. Defaults fit a 2-core laptop: the actors' CPU
+    requests leave one CPU free for Ray Data's listing and repartition tasks (which ask for 1 whole CPU
+    each, on one node) and the writer tasks. On a cluster, size the pools to the nodes, e.g.
+    ``--set resources.shape_workers=64 --set resources.embed_worker_gpus=1``."""
 
-    shape_workers: int = 1  # actors that fetch, load, sample and render
+    shape_workers: int = 1  # actors that fetch, load, sample and render (spread over the nodes)
     shape_worker_cpus: float = 0.5
     shape_batch: int = 4
     embed_workers: int = 1  # teacher actors
     embed_worker_cpus: float = 0.25
     embed_worker_gpus: float = 0.0  # > 0 on GPU nodes: the teacher and the renderer's EGL context use the GPU
     embed_batch: int = 16
-    writer_cpus: float = 0.1
+    writer_cpus: float = 0.1  # per writer task; Ray Data runs as many as fit
     read_cpus: float = 0.25
+    # Listing rows per Ray Data block, i.e. per shape-worker task. 0 = automatic: at most rows_per_shard,
+    # at least 4 blocks per shape worker, and small enough for the object-store budget.
+    rows_per_block: int = 0
+    # Object store Ray Data may fill with this build's blocks (rendered views, points); its backpressure
+    # holds the pools back beyond it. 0 = Ray Data's default, half the cluster's object store.
+    object_store_gib: float = 0.0
     # Refuse to start when the actor pools leave no CPU for Ray Data's 1-CPU listing task (it would wait
     # forever). Turn off on autoscaling clusters whose CPUs appear only once the job asks for them.
     check_fits: bool = True
 
     def actor_cpus(self) -> float:
-        return (
-            self.shape_workers * self.shape_worker_cpus + self.embed_workers * self.embed_worker_cpus + self.writer_cpus
-        )
+        """CPUs the resident actors hold for the whole run (writer tasks come and go)."""
+        return self.shape_workers * self.shape_worker_cpus + self.embed_workers * self.embed_worker_cpus
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Embed users' meshes with a Uni3D checkpoint into a Parquet gallery (``jobs/embed.py``), and read it back.
 
 The shapes come from any build source (a local folder of meshes in any format the loader reads, Objaverse,
-procedural); they are loaded and sampled by the build's ``ShapeWorker`` actors and embedded by
-``GalleryEmbedder`` actors that hold the model and write one shard per batch. A shape that fails is
+procedural); the listing is cut into small blocks as the build's is (``pipelines.build_plan``), loaded and
+sampled by the build's ``ShapeWorker`` actors and embedded by ``GalleryEmbedder`` actors that hold the
+model and write one shard per batch; ``stats/embed-<time>.json`` records which actor did how many. A shape that fails is
 recorded in ``failures/`` with the file and the reason, and the job goes on; a re-run skips the uids
 already written (rows or failures), so a stopped job resumes.
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,19 @@ import ray
 import torch
 
 import uni3d
+from pipelines.build import limit_object_store, listing_dataset, object_store_budget
 from pipelines.build_io import SHARDS, BuildStore
+from pipelines.build_plan import bytes_per_shape, plan_blocks
 from pipelines.config import SourceConfig
 from pipelines.schema import FAILURES_SCHEMA, decode_points_batch
 from pipelines.sources import list_shapes
-from pipelines.stages import LISTING_SCHEMA, ShapeWorker
+from pipelines.stages import LISTING_SCHEMA, ShapeWorker, worker_identity
 
 INFO = "gallery.json"
+# One row per shape back to the driver: its failure stage ("" when embedded) and who did the work.
+SUMMARY_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("uid", "stage", "shape_worker", "shape_node", "embed_worker", "embed_node")]
+)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class EmbedConfig:
     embed_worker_cpus: float = 0.5
     read_cpus: float = 0.25
     use_gpu: bool = False
+    object_store_gib: float = 0.0  # 0 = Ray Data's default, half the cluster's object store
 
 
 def gallery_schema(embed_dim: int) -> pa.Schema:
@@ -77,6 +86,7 @@ class GalleryEmbedder:
         self.model = uni3d.load_checkpoint(checkpoint).to(self.device).eval()
         self.store = BuildStore(output)
         self.schema = gallery_schema(self.model.embed_dim)
+        self.worker, self.node = worker_identity()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -98,7 +108,17 @@ class GalleryEmbedder:
             self.store.write_table(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), "failures", name)
         if out:
             self.store.write_table(pa.Table.from_pylist(out, schema=self.schema), SHARDS, name)
-        return pa.table({"uid": [r["uid"] for r in rows], "stage": [r.get("error_stage") or "" for r in rows]})
+        return pa.table(
+            {
+                "uid": [r["uid"] for r in rows],
+                "stage": [r.get("error_stage") or "" for r in rows],
+                "shape_worker": [r.get("shape_worker") for r in rows],
+                "shape_node": [r.get("shape_node") for r in rows],
+                "embed_worker": [self.worker] * len(rows),
+                "embed_node": [self.node] * len(rows),
+            },
+            schema=SUMMARY_SCHEMA,
+        )
 
 
 def _failure(row: dict[str, Any]) -> dict[str, str]:
@@ -108,6 +128,63 @@ def _failure(row: dict[str, Any]) -> dict[str, str]:
         "stage": row["error_stage"],
         "error_type": row.get("error_type") or "Error",
         "message": row.get("error_message") or "",
+    }
+
+
+def _embed_listing(cfg: EmbedConfig, store: BuildStore, listing: str, total: int, log: Any) -> dict[str, Any]:
+    """Stream the listing through the shape and embedding pools; counts per stage, actor and node."""
+    plan = plan_blocks(
+        total,
+        rows_per_shard=cfg.batch_size,
+        shape_workers=cfg.shape_workers,
+        embed_workers=cfg.embed_workers,
+        embed_batch=cfg.batch_size,
+        per_shape=bytes_per_shape(cfg.num_points, 0, 0),
+        budget_bytes=object_store_budget(cfg.object_store_gib),
+    )
+    log(f"[embed] plan: {plan.describe()}")
+    ds = listing_dataset(store, listing, plan.rows_per_block, cfg.read_cpus)
+    context = {"teacher_name": None, "up_axis": cfg.source.up_axis}
+    ds = ds.map_batches(
+        ShapeWorker,
+        batch_format="pyarrow",
+        batch_size=plan.rows_per_block,  # one task per block (a larger batch would bundle blocks)
+        fn_constructor_kwargs=dict(
+            num_points=cfg.num_points, seed=cfg.seed, num_views=0, image_size=224, msaa=1, context=context
+        ),
+        compute=ray.data.ActorPoolStrategy(size=cfg.shape_workers),
+        num_cpus=cfg.shape_worker_cpus,
+    )
+    ds = ds.map_batches(
+        GalleryEmbedder,
+        batch_format="pyarrow",
+        batch_size=plan.embed_rows,  # whole blocks: one gallery shard of batch_size shapes per batch
+        fn_constructor_kwargs=dict(checkpoint=cfg.checkpoint, output=cfg.output),
+        compute=ray.data.ActorPoolStrategy(size=cfg.embed_workers),
+        num_cpus=cfg.embed_worker_cpus,
+        num_gpus=1 if cfg.use_gpu else 0,
+    )
+    limit_object_store(ds, plan.budget_bytes)
+    by_worker: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
+    by_node: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
+    failed = done = 0
+    last = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        done += batch.num_rows
+        failed += sum(1 for s in batch.column("stage").to_pylist() if s)
+        for stage in ("shape", "embed"):
+            by_worker[stage].update(batch.column(f"{stage}_worker").to_pylist())
+            by_node[stage].update(batch.column(f"{stage}_node").to_pylist())
+        if time.perf_counter() - last >= 10.0 or done == total:
+            log(f"[embed] {done}/{total} shapes, {failed} failed")
+            last = time.perf_counter()
+    return {
+        "embedded": done - failed,
+        "failed": failed,
+        "rows_by_worker": {k: dict(v) for k, v in by_worker.items()},
+        "rows_by_node": {k: dict(v) for k, v in by_node.items()},
+        "plan": plan.to_dict(),
+        "ray_data": ds.stats(),
     }
 
 
@@ -127,43 +204,25 @@ def run_embed(cfg: EmbedConfig, log: Any = print) -> dict[str, Any]:
                 "embed into another --out"
             )
     done = store.done_uids()
-    refs = [r for r in list_shapes(cfg.source, cfg.output) if r.uid not in done]
-    log(f"[embed] {len(refs)} shapes to embed ({len(done)} already in {cfg.output})")
-    if refs:
-        listing, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA, chunk=cfg.batch_size)
-        ds = ray.data.read_parquet(
-            listing, filesystem=store.fs, override_num_blocks=max(1, -(-total // cfg.batch_size))
-        )
-        context = {"teacher_name": None, "up_axis": cfg.source.up_axis}
-        ds = ds.map_batches(
-            ShapeWorker,
-            batch_format="pyarrow",
-            batch_size=cfg.batch_size,
-            fn_constructor_kwargs=dict(
-                num_points=cfg.num_points, seed=cfg.seed, num_views=0, image_size=224, msaa=1, context=context
-            ),
-            compute=ray.data.ActorPoolStrategy(size=cfg.shape_workers),
-            num_cpus=cfg.shape_worker_cpus,
-        )
-        ds = ds.map_batches(
-            GalleryEmbedder,
-            batch_format="pyarrow",
-            batch_size=cfg.batch_size,
-            fn_constructor_kwargs=dict(checkpoint=cfg.checkpoint, output=cfg.output),
-            compute=ray.data.ActorPoolStrategy(size=cfg.embed_workers),
-            num_cpus=cfg.embed_worker_cpus,
-            num_gpus=1 if cfg.use_gpu else 0,
-        )
-        start, stages = time.perf_counter(), ray.get(ds.to_arrow_refs())
-        failed = sum(int((t.column("stage").to_numpy(zero_copy_only=False) != "").sum()) for t in stages if t.num_rows)
-        store.remove(listing)
-        log(f"[embed] {total - failed} embedded, {failed} failed ({time.perf_counter() - start:.1f} s)")
+    refs = (r.to_row() for r in list_shapes(cfg.source, cfg.output) if r.uid not in done)
+    listing, total = store.write_listing(refs, LISTING_SCHEMA)
+    log(f"[embed] {total} shapes to embed ({len(done)} already in {cfg.output})")
+    counts: dict[str, Any] = {"embedded": 0, "failed": 0, "rows_by_worker": {}, "rows_by_node": {}}
+    if total:
+        start = time.perf_counter()
+        counts = _embed_listing(cfg, store, listing, total, log)
+        log(f"[embed] {counts['embedded']} embedded, {counts['failed']} failed ({time.perf_counter() - start:.1f} s)")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        record = {k: v for k, v in counts.items() if k != "ray_data"} | {"config": asdict(cfg)}
+        store.write_text(f"stats/embed-{stamp}.json", json.dumps(record, indent=2))
+        store.write_text(f"stats/embed-{stamp}-ray-data.txt", counts["ray_data"])
+    store.remove(listing)
     gallery = read_gallery(cfg.output, with_points=False)
     with store.fs.open_output_stream(info_path) as f:
         f.write(json.dumps({**info, "embed_dim": gallery.embed_dim, "num_shapes": len(gallery)}, indent=2).encode())
     failures = len(store.done_uids()) - len(gallery)
     log(f"[embed] {cfg.output}: {len(gallery)} shapes, {failures} failures (see failures/)")
-    return {"shapes": len(gallery), "failures": failures}
+    return {"shapes": len(gallery), "failures": failures, "this_run": counts}
 
 
 @dataclass

@@ -1,20 +1,24 @@
 """The build's stages as Ray Data batch UDFs: pure per batch, stateful ones as callable classes.
 
-Rows stream through three actor pools: ``ShapeWorker`` (fetch, load, sample, render: the mesh never
-leaves the process that loaded it), ``Embedder`` (the teacher: view images, then texts) and
-``ShardWriter`` (Parquet shards written atomically, failures table). A row that fails keeps its
+Rows stream through two actor pools and a task pool: ``ShapeWorker`` actors (fetch, load, sample,
+render: the mesh never leaves the process that loaded it), ``Embedder`` actors (the teacher: view
+images, then texts) and ``write_shards`` tasks (Parquet shards written atomically, failures table;
+stateless, so Ray Data runs as many as the cluster has room for). A row that fails keeps its
 ``error_*`` columns and passes through the later stages untouched, so one bad shape never stops
-the job and each failure is recorded with the stage it happened in.
+the job and each failure is recorded with the stage it happened in. Each row also records which
+actor (and node) did its shape and teacher work and when, so a build can show how it spread.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from pipelines.schema import decode_points, encode_embeddings, encode_points, make_row
 from pipelines.shapes import ShapeRef, StageError
@@ -52,7 +56,36 @@ WORK_COLUMNS: dict[str, pa.DataType] = {
     "error_type": pa.string(),
     "error_message": pa.string(),
     "seconds": pa.map_(pa.string(), pa.float64()),  # per-stage wall time of this row
+    "shape_worker": pa.string(),  # the ShapeWorker actor that did the row, and its node
+    "shape_node": pa.string(),
+    "shape_done_at": pa.float64(),  # Unix time the row left that actor
+    "embed_worker": pa.string(),
+    "embed_node": pa.string(),
 }
+
+# One row per shape, from the writer to the driver: the summary the build's stats are made of.
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("stage", pa.string()),  # the stage it failed in, "" when written
+        ("seconds", pa.map_(pa.string(), pa.float64())),
+        ("shape_worker", pa.string()),
+        ("shape_node", pa.string()),
+        ("shape_done_at", pa.float64()),
+        ("embed_worker", pa.string()),
+        ("embed_node", pa.string()),
+        ("shard", pa.string()),
+        ("written_at", pa.float64()),  # Unix time its shard (or failures file) was written
+    ]
+)
+
+
+def worker_identity() -> tuple[str, str]:
+    """(actor id, node id) of the calling Ray actor, shortened; ("local", "local") outside Ray."""
+    if not ray.is_initialized():
+        return "local", "local"
+    ctx = ray.get_runtime_context()
+    return (ctx.get_actor_id() or f"pid-{os.getpid()}")[:12], ctx.get_node_id()[:12]
 
 
 def _rows(batch: pa.Table) -> list[dict[str, Any]]:
@@ -80,16 +113,27 @@ class ShapeWorker:
     """Fetch + load + sample + render, one actor holding the renderer (and a downloader)."""
 
     def __init__(
-        self, num_points: int, seed: int, num_views: int, image_size: int, msaa: int, context: dict[str, Any]
+        self,
+        num_points: int,
+        seed: int,
+        num_views: int,
+        image_size: int,
+        msaa: int,
+        context: dict[str, Any],
+        cpus: float = 1.0,
     ) -> None:
         self.num_points, self.seed, self.num_views = num_points, seed, num_views
         self.context = dict(context)
         self.renderer = None
+        # Mesa's CPU rasteriser starts a thread per core unless told otherwise: hold it to this actor's CPUs,
+        # as Ray holds torch to them through OMP_NUM_THREADS, so the actors of a node share it fairly.
+        os.environ.setdefault("LP_NUM_THREADS", str(max(1, round(cpus))))
         if num_views > 0:
             from pipelines.render import RenderConfig, Renderer
 
             self.renderer = Renderer(RenderConfig(num_views=num_views, size=image_size, samples=msaa))
         self.image_size = image_size
+        self.worker, self.node = worker_identity()
         if "objaverse" in self.context:
             from pipelines.objaverse import Downloader
 
@@ -122,6 +166,9 @@ class ShapeWorker:
                     continue
                 row["seconds"]["render"] = time.perf_counter() - start
                 row.update(images=views.images.tobytes(), num_images=len(views.images), image_size=self.image_size)
+        done = time.time()
+        for row in rows:
+            row.update(shape_worker=self.worker, shape_node=self.node, shape_done_at=done)
         return _table(rows)
 
 
@@ -132,11 +179,13 @@ class Embedder:
         from uni3d.teachers import build_teacher
 
         self.teacher = build_teacher(teacher)
+        self.worker, self.node = worker_identity()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [_blank(r) for r in _rows(batch)]
         for row in rows:
             row.update(teacher=self.teacher.name, embed_dim=self.teacher.embed_dim)
+            row.update(embed_worker=self.worker, embed_node=self.node)
         todo = [r for r in rows if not r["error_stage"]]
         self._embed_views(todo)
         self._embed_texts([r for r in todo if not r["error_stage"]])
@@ -193,64 +242,59 @@ class Embedder:
             row["seconds"]["embed_text"] = (time.perf_counter() - start) / max(1, len(rows))
 
 
-class ShardWriter:
-    """Writes one Parquet shard per batch (atomically, deterministic name) plus a failures file.
+def write_shards(batch: pa.Table, output: str) -> pa.Table:
+    """Write one Parquet shard (atomically, name from its uids) plus a failures file for ``batch``.
 
-    Returns one small summary row per shape (uid, stage of failure or "", per-stage seconds) that
-    the driver reduces into progress and the final summary.
+    A Ray Data task, not an actor: it holds nothing between batches, so writers grow with the cluster.
+    Returns one ``SUMMARY_SCHEMA`` row per shape, which the driver reduces into progress and stats.
     """
+    from pipelines.build_io import BuildStore
 
-    def __init__(self, output: str) -> None:
-        from pipelines.build_io import BuildStore
-
-        self.store = BuildStore(output)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        good, failures, summary = [], [], []
-        for row in _rows(batch):
-            stage = row.get("error_stage") or ""
-            if not stage:
-                try:
-                    good.append(self._schema_row(row))
-                except Exception as err:
-                    stage = "write"
-                    _fail(row, stage, err)
-            if stage:
-                failures.append(
-                    {
-                        "uid": row["uid"],
-                        "source": row["source"],
-                        "stage": stage,
-                        "error_type": row.get("error_type") or "Error",
-                        "message": row.get("error_message") or "",
-                    }
-                )
-            summary.append({"uid": row["uid"], "stage": stage, "seconds": dict(row.get("seconds") or [])})
-        uids = sorted(batch.column("uid").to_pylist())
-        name = "part-" + hashlib.sha1("\n".join(uids).encode()).hexdigest()[:16]
-        start = time.perf_counter()
-        self.store.write_shard(name, good, failures)
-        for s in summary:
-            s["seconds"]["write"] = (time.perf_counter() - start) / max(1, len(summary))
-        return pa.Table.from_pylist(
-            summary,
-            schema=pa.schema(
-                [("uid", pa.string()), ("stage", pa.string()), ("seconds", pa.map_(pa.string(), pa.float64()))]
-            ),
+    good, failures, summary = [], [], []
+    uids = sorted(batch.column("uid").to_pylist())
+    name = "part-" + hashlib.sha1("\n".join(uids).encode()).hexdigest()[:16]
+    for row in _rows(batch):
+        stage = row.get("error_stage") or ""
+        if not stage:
+            try:
+                good.append(_schema_row(row))
+            except Exception as err:
+                stage = "write"
+                _fail(row, stage, err)
+        if stage:
+            failures.append(
+                {
+                    "uid": row["uid"],
+                    "source": row["source"],
+                    "stage": stage,
+                    "error_type": row.get("error_type") or "Error",
+                    "message": row.get("error_message") or "",
+                }
+            )
+        summary.append(
+            {col: row.get(col) for col in SUMMARY_SCHEMA.names if col not in ("stage", "seconds", "shard")}
+            | {"stage": stage, "seconds": dict(row.get("seconds") or []), "shard": name}
         )
+    start = time.perf_counter()
+    BuildStore(output).write_shard(name, good, failures)
+    written_at = time.time()
+    for s in summary:
+        s["seconds"]["write"] = (time.perf_counter() - start) / max(1, len(summary))
+        s["written_at"] = written_at
+    return pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA)
 
-    @staticmethod
-    def _schema_row(row: dict[str, Any]) -> dict[str, Any]:
-        dim = row["embed_dim"]
-        return make_row(
-            uid=row["uid"],
-            source=row["source"],
-            category=row["category"] or None,
-            texts=row["texts"],
-            points=decode_points(row["xyz"], row["rgb"]),
-            has_color=row["has_color"],
-            teacher=row["teacher"],
-            embed_dim=dim,
-            text_embeddings=np.frombuffer(row["text_embeddings"], "<f2").astype(np.float32).reshape(-1, dim),
-            view_embeddings=np.frombuffer(row["view_embeddings"] or b"", "<f2").astype(np.float32).reshape(-1, dim),
-        )
+
+def _schema_row(row: dict[str, Any]) -> dict[str, Any]:
+    dim = row["embed_dim"]
+    return make_row(
+        uid=row["uid"],
+        source=row["source"],
+        category=row["category"] or None,
+        texts=row["texts"],
+        points=decode_points(row["xyz"], row["rgb"]),
+        has_color=row["has_color"],
+        teacher=row["teacher"],
+        embed_dim=dim,
+        text_embeddings=np.frombuffer(row["text_embeddings"], "<f2").astype(np.float32).reshape(-1, dim),
+        view_embeddings=np.frombuffer(row["view_embeddings"] or b"", "<f2").astype(np.float32).reshape(-1, dim),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +68,11 @@ def test_procedural_build_with_the_text_teacher(tmp_path: Path) -> None:
     assert (manifest.num_shapes, manifest.teacher, manifest.embed_dim) == (14, "minilm:all-MiniLM-L6-v2", 384)
     assert manifest.failures == {} and len(manifest.shards) == len(list((out / "shards").glob("*.parquet")))
     assert manifest.config["source"]["num_shapes"] == 14
+    # Each run leaves its stats: the block plan and Ray Data's own report of the run.
+    (stats,) = (out / "stats").glob("build-*.json")
+    record = json.loads(stats.read_text())
+    assert record["shapes"] == 14 and sum(record["rows_by_worker"]["shape"].values()) == 14
+    assert "MapBatches(ShapeWorker)" in stats.with_name(stats.stem + "-ray-data.txt").read_text()
     # The build is readable by Ray Data as well.
     import ray
 
@@ -112,8 +118,46 @@ def test_rerun_skips_what_is_written_limit_and_shards(tmp_path: Path) -> None:
     assert shards(out).num_rows == 12
     with pytest.raises(ValueError, match="was built with teacher='minilm'"):
         build(*common, "--teacher", "openclip-random:tiny-ViT-32")
-    with pytest.raises(ValueError, match="actors ask for 2.35 CPUs .* the cluster has 2"):
+    with pytest.raises(ValueError, match="actors ask for 2.25 CPUs .* the cluster has 2"):
         build(*common, "--set", "resources.shape_workers=4", "--set", "resources.shape_worker_cpus=0.5")
+
+
+def tasks_executed(ray_data_stats: str, operator: str) -> int:
+    """Tasks Ray Data ran for an operator, read from ``Dataset.stats()``."""
+    match = re.search(rf"Operator \d+ {re.escape(operator)}: (\d+) tasks executed", ray_data_stats)
+    assert match, f"{operator} not in the Ray Data stats"
+    return int(match.group(1))
+
+
+def test_pools_share_the_work_and_shards_land_while_shapes_are_still_sampled(tmp_path: Path) -> None:
+    from pipelines.build import run_build
+    from pipelines.config import BuildConfig, ResourceConfig, SourceConfig
+
+    total = 320  # enough that the shape stage outlasts the actors' start-up on 2 cores
+    cfg = BuildConfig(
+        output=str(tmp_path / "spread"),
+        teacher="openclip-random:tiny-ViT-32",  # 12 rendered views per shape: the shape stage is the slow one
+        num_points=1024,
+        rows_per_shard=16,
+        progress_every_s=0,
+        source=SourceConfig(num_shapes=total),
+        resources=ResourceConfig(shape_workers=2, shape_worker_cpus=0.3, embed_workers=2, embed_worker_cpus=0.1),
+    )
+    report = run_build(cfg, log=lambda line: None)
+    stats = report.stats
+    assert report.manifest.num_shapes == total and report.failures == {}
+    # Many blocks, one shape-worker task each (Ray Data's own count), and every actor with a fair part.
+    assert stats.plan["num_blocks"] == 20 and stats.plan["rows_per_block"] == 16
+    assert tasks_executed(stats.ray_data, "MapBatches(ShapeWorker)") == 20
+    assert tasks_executed(stats.ray_data, "MapBatches(write_shards)") == total // 16
+    for stage in ("shape", "embed"):
+        shares = stats.rows_by_worker[stage]
+        assert len(shares) == 2 and sum(shares.values()) == total, (stage, shares)
+        assert min(shares.values()) >= total // 4, (stage, shares)  # at least half of an equal share
+    # The first shard was written while the shape workers still had shapes to sample and render.
+    assert stats.first_shard_s is not None and stats.shards_written == total // 16
+    assert 0 < stats.shaped_at_first_shard < total, stats.shaped_at_first_shard
+    assert len(set(shards(tmp_path / "spread")["uid"].to_pylist())) == total
 
 
 def test_killed_build_resumes_without_duplicates_or_loss(tmp_path: Path) -> None:
@@ -146,7 +190,10 @@ def test_killed_build_resumes_without_duplicates_or_loss(tmp_path: Path) -> None
         proc.wait(timeout=30)
     partial = shards(out).num_rows
     assert 0 < partial < 200
+    before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")}
     assert build(*job) == 0
+    after = {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")}
+    assert all(after.get(name) == data for name, data in before.items())  # shards from before the kill stay
     uids = shards(out)["uid"].to_pylist()
     assert len(uids) == len(set(uids)) == 200
     assert set(uids) == {f"proc-{c}-{i}" for i, c in zip(range(200), _cycle_categories(200), strict=True)}

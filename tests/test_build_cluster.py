@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_build_spreads_over_two_nodes(tmp_path: Path) -> None:
+def test_build_spreads_over_three_nodes(tmp_path: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -19,35 +20,26 @@ def test_build_spreads_over_two_nodes(tmp_path: Path) -> None:
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    worker = cluster.add_node(num_cpus=2, resources={"second_node": 1})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     try:
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        cluster.wait_for_nodes()
+        nodes = {n["NodeID"][:12] for n in ray.nodes() if n["Alive"]}
+        assert len(nodes) == 3
         out = tmp_path / "cluster"
-        argv = [
-            "--out",
-            str(out),
-            "--set",
-            "source.num_shapes=16",
-            "--set",
-            "num_points=1024",
-            "--set",
-            "rows_per_shard=4",
-            "--set",
-            "resources.shape_workers=3",
-        ]
+        argv = ["--out", str(out), "--set", "source.num_shapes=48", "--set", "num_points=1024"]
+        argv += ["--set", "rows_per_shard=4", "--set", "resources.shape_workers=3"]
         assert main(argv) == 0
-        table = pq.read_table(out / "shards")
-        uids = table["uid"].to_pylist()
-        assert len(uids) == len(set(uids)) == 16
-        # Three shape workers of 0.5 CPU, the teacher and the writer cannot all fit on one 2-CPU node.
-        nodes = {
-            a["node_id"]
-            for a in ray.util.state.list_actors(filters=[("state", "=", "DEAD")])
-            if "ShapeWorker" in a["class_name"]
-        }
-        assert len(nodes) == 2, nodes
+        uids = pq.read_table(out / "shards")["uid"].to_pylist()
+        assert len(uids) == len(set(uids)) == 48
+        # Ray Data spreads the pool's actors; each node's shape worker processed rows of this build.
+        (stats,) = (out / "stats").glob("build-*.json")
+        record = json.loads(stats.read_text())
+        by_node = record["rows_by_node"]["shape"]
+        assert set(by_node) == nodes and sum(by_node.values()) == 48, by_node
+        assert len(record["rows_by_worker"]["shape"]) == 3 and min(by_node.values()) >= 4, by_node
     finally:
         ray.shutdown()
-        cluster.remove_node(worker)
+        for node in workers:
+            cluster.remove_node(node)
         cluster.shutdown()

@@ -95,6 +95,15 @@ def test_embed_writes_a_gallery_records_broken_files_and_resumes(gallery: tuple[
     failures = pq.read_table(out / "failures").to_pylist()
     assert {f["uid"]: f["stage"] for f in failures} == {"empty.obj": "load", "truncated.glb": "load"}
     assert all(f["uid"] in f["message"] for f in failures)  # the message names the file
+    # The listing was cut into blocks (9 files, 1 shape worker: 8 blocks wanted, so 2 rows each): Ray Data ran
+    # 5 shape tasks and 3 embedding tasks (4 + 4 + 1 shapes, one gallery shard or failures file each).
+    (stats,) = out.glob("stats/embed-*.json")
+    record = json.loads(stats.read_text())
+    assert record["plan"]["num_blocks"] == 5 and record["embedded"] == 7 and record["failed"] == 2
+    assert sum(record["rows_by_worker"]["shape"].values()) == 9
+    ray_data = stats.with_name(stats.stem + "-ray-data.txt").read_text()
+    assert "MapBatches(ShapeWorker): 5 tasks executed" in ray_data
+    assert "MapBatches(GalleryEmbedder): 3 tasks executed" in ray_data
     root = next(p for p in out.parent.iterdir() if p.name.startswith("meshes"))
     assert main(["--checkpoint", str(ckpt), "--root", str(root), "--out", str(out), "--set", "num_points=512"]) == 0
     assert "0 shapes to embed (9 already in" in capsys.readouterr().out
