@@ -227,6 +227,9 @@ def _pipeline(cfg: BuildConfig, store: BuildStore, listing: str, plan: BlockPlan
         fn_kwargs=dict(output=cfg.output),
         num_cpus=res.writer_cpus,
     )
+    # Blocks keep the listing's order through the pools, so the same listing gives the same shards
+    # (names and rows) on every run: builds are reproducible, and so is training on them.
+    ds.context.execution_options.preserve_order = True
     return limit_object_store(ds, plan.budget_bytes)
 
 

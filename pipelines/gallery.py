@@ -164,6 +164,7 @@ def _embed_listing(cfg: EmbedConfig, store: BuildStore, listing: str, total: int
         num_cpus=cfg.embed_worker_cpus,
         num_gpus=1 if cfg.use_gpu else 0,
     )
+    ds.context.execution_options.preserve_order = True  # the same meshes give the same gallery shards
     limit_object_store(ds, plan.budget_bytes)
     by_worker: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
     by_node: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
