@@ -24,6 +24,7 @@ import ray  # noqa: E402
 
 from pipelines.config import apply_overrides  # noqa: E402
 from pipelines.gallery import EmbedConfig, run_embed  # noqa: E402
+from pipelines.settings import ConfigError, usage_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[EmbedConfig, argparse.Namespace]:
@@ -42,7 +43,10 @@ def parse_args(argv: list[str] | None) -> tuple[EmbedConfig, argparse.Namespace]
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
+    try:
+        cfg, args = parse_args(argv)
+    except ConfigError as exc:
+        return usage_error(exc)
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     run_embed(cfg)

@@ -8,8 +8,9 @@
 
 ``--sets`` takes benchmark names (read from the official test files under ``--root``: modelnet40/,
 scanobjectnn/, objaverse_lvis/) or build folders. Results go next to the checkpoint, in ``eval/``: per set a
-JSON, a Markdown table and a confusion-matrix PNG. Any field of ``pipelines.evaluation.EvalConfig`` can be
-set with ``--set key=value``.
+JSON, a Markdown table and a confusion-matrix PNG. Any field of ``pipelines.evaluation.EvalConfig``
+(listed below) can be
+set with ``--set key=value`` or in a YAML file given with ``--config`` (``--print-config`` shows one).
 """
 
 from __future__ import annotations
@@ -22,34 +23,41 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import ray  # noqa: E402
 
-from pipelines.config import apply_overrides  # noqa: E402
 from pipelines.evaluation import EvalConfig, run_evaluation  # noqa: E402
+from pipelines.settings import ConfigError, add_config_arguments, cli_layers, resolve, to_yaml, usage_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[EvalConfig, argparse.Namespace]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="our checkpoint folder or an official model.pt")
-    ap.add_argument("--sets", nargs="+", default=["modelnet40"], help="benchmark names or build folders")
-    ap.add_argument("--root", default="data/eval", help="folder with modelnet40/, scanobjectnn/, objaverse_lvis/")
-    ap.add_argument("--teacher", default="", help="text teacher spec; default: the one the checkpoint records")
-    ap.add_argument("--few-shot", action="store_true", help="also the 1/2/4/8/16-shot linear probe, 10 seeds")
-    ap.add_argument("--out", default="", help="results folder (default: <checkpoint>/eval)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 1)[1])
+    ap.add_argument("--checkpoint", help="our checkpoint folder or an official model.pt; required")
+    ap.add_argument("--sets", nargs="+", help="benchmark names or build folders (default: modelnet40)")
+    ap.add_argument("--root", help="folder with modelnet40/, scanobjectnn/, objaverse_lvis/ (default: data/eval)")
+    ap.add_argument("--teacher", help="text teacher spec; default: the one the checkpoint records")
+    ap.add_argument("--few-shot", action="store_true", default=None, help="also the 1/2/4/8/16-shot linear probe")
+    ap.add_argument("--out", help="results folder (default: <checkpoint>/eval)")
+    add_config_arguments(ap, EvalConfig, "override any EvalConfig field (below), e.g. num_workers=4")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
     args = ap.parse_args(argv)
-    cfg = EvalConfig(
-        checkpoint=args.checkpoint,
-        sets=args.sets,
-        root=args.root,
-        teacher=args.teacher,
-        few_shot=args.few_shot,
-        out=args.out,
-    )
-    return apply_overrides(cfg, args.overrides), args
+    flags = {
+        "checkpoint": args.checkpoint,
+        "sets": args.sets,
+        "root": args.root,
+        "teacher": args.teacher,
+        "few_shot": args.few_shot,
+        "out": args.out,
+    }
+    required = {"checkpoint": "give --checkpoint PATH (or checkpoint: in --config)"}
+    return resolve(EvalConfig, cli_layers(args, flags), required), args
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
+    try:
+        cfg, args = parse_args(argv)
+    except ConfigError as exc:
+        return usage_error(exc)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     run_evaluation(cfg)

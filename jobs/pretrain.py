@@ -4,9 +4,20 @@
     python jobs/pretrain.py --data data/procedural --set strategy=ddp --set epochs=8
     ray job submit --working-dir . -- python jobs/pretrain.py --data /mnt/build --recipe uni3d-b \
         --storage /mnt/runs --name uni3d-b --set num_workers=16
+    python jobs/pretrain.py --data /mnt/build --recipe uni3d-b --name eva-init \
+        --set init=timm:/models/eva02_base.safetensors                    # the ViT from a 2D EVA02-B
+    python jobs/pretrain.py --data data/procedural --name longer --set init=run:runs/short/final
 
-Recipes (pipelines/recipes.py): cpu, uni3d-ti, uni3d-s, uni3d-b, uni3d-l, uni3d-g. Any field of
-``pipelines.training.TrainConfig`` can be set with ``--set key=value``. Re-running the same --name and
+``init`` (``uni3d.init``, the paper's initialisation ablation): ``scratch`` (the default);
+``timm:<file>``, a 2D timm ViT checkpoint loaded into the preset's ViT; ``timm:<arch>@<file>``, the same
+with the ViT built as timm architecture ``<arch>`` of the preset's sizes (e.g.
+``--model small --set init=timm:vit_small_patch14_dinov2@/models/dinov2_s.safetensors``); ``run:<checkpoint>``,
+the weights of one of our checkpoints or an official ``model.pt`` (fresh optimiser, step 0). A file that
+does not fit is refused before any worker starts.
+
+Recipes (YAML in configs/recipes/): cpu, uni3d-ti, uni3d-s, uni3d-b, uni3d-l, uni3d-g. Any field of
+``pipelines.training.TrainConfig`` (listed below) can be set with ``--set key=value`` or in a YAML file
+given with ``--config``; ``--print-config`` prints the resolved config in that form. Re-running the same --name and
 --storage resumes from the last checkpoint. The run folder ``<storage>/<name>/`` holds config.json,
 metrics.jsonl, tensorboard/ (``tensorboard --logdir <storage>``), the checkpoints, and at the end
 ``final/`` (``uni3d.load_checkpoint`` reads it).
@@ -23,29 +34,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 
-from pipelines.config import apply_overrides  # noqa: E402
-from pipelines.recipes import RECIPES  # noqa: E402
+from pipelines.recipes import recipe_names  # noqa: E402
+from pipelines.settings import ConfigError, add_config_arguments, to_yaml, usage_error  # noqa: E402
 from pipelines.trainer import run_pretrain  # noqa: E402
-from pipelines.training import TrainConfig, make_config  # noqa: E402
+from pipelines.training import TrainConfig, resolve_train_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="a build folder written by jobs/build_dataset.py")
-    ap.add_argument("--recipe", default="cpu", choices=sorted(RECIPES), help="named recipe (default: cpu)")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 1)[1])
+    ap.add_argument("--data", help="a build folder written by jobs/build_dataset.py; required (or data: in --config)")
+    ap.add_argument("--recipe", help=f"named recipe, configs/recipes/ (default: cpu): {', '.join(recipe_names())}")
     ap.add_argument("--model", help="uni3d preset, overriding the recipe's: nano, micro, tiny, ..., giant")
-    ap.add_argument("--storage", default="runs", help="where runs, checkpoints and metrics go")
-    ap.add_argument("--name", default="uni3d", help="run name; re-running the same name resumes it")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--storage", help="where runs, checkpoints and metrics go (default: runs)")
+    ap.add_argument("--name", help="run name; re-running the same name resumes it (default: uni3d)")
+    add_config_arguments(ap, TrainConfig, "override any TrainConfig field (below), e.g. epochs=8 or init=run:DIR")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
     args = ap.parse_args(argv)
-    fields = {"storage": args.storage, "name": args.name, **({"model": args.model} if args.model else {})}
-    cfg = make_config(args.data, args.recipe, fields)
-    return apply_overrides(cfg, args.overrides), args
+    flags = {"data": args.data, "recipe": args.recipe, "model": args.model, "storage": args.storage, "name": args.name}
+    return resolve_train_config(args, flags), args
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
+    try:
+        cfg, args = parse_args(argv)
+    except ConfigError as exc:
+        return usage_error(exc)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     try:

@@ -1,16 +1,17 @@
 """Typed configuration of a dataset build, and ``key=value`` overrides of nested dataclasses.
 
-A build is ``BuildConfig`` plus a few ``--set section.key=value`` overrides; the resolved config
-is written into the build's manifest (DINOv2's "write the resolved config").
+A build is ``BuildConfig`` plus a ``--config`` file and a few ``--set section.key=value`` overrides,
+validated by ``pipelines.settings``; the resolved config is written into the build's manifest (DINOv2's
+"write the resolved config").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any
+
+from pipelines.settings import Layer, resolve, set_layers
 
 
 @dataclass
@@ -107,35 +108,8 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply ``section.key=value`` strings to a (nested) dataclass; values are parsed as JSON when they parse."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} must look like key=value")
-        cfg = _set(cfg, key.strip().split("."), _parse_value(raw), item)
-    return cfg
-
-
-def _set(obj: Any, path: list[str], value: Any, item: str) -> Any:
-    names = {f.name for f in dataclasses.fields(obj)}
-    if path[0] not in names:
-        raise ValueError(f"override {item!r}: {type(obj).__name__} has no field {path[0]!r}; fields: {sorted(names)}")
-    current = getattr(obj, path[0])
-    if len(path) > 1:
-        if not dataclasses.is_dataclass(current):
-            raise ValueError(f"override {item!r}: {path[0]!r} is not a section")
-        return dataclasses.replace(obj, **{path[0]: _set(current, path[1:], value, item)})
-    hint = get_type_hints(type(obj))[path[0]]
-    if hint is float and isinstance(value, int):
-        value = float(value)
-    if hint is str and not isinstance(value, str):
-        value = json.dumps(value)
-    return dataclasses.replace(obj, **{path[0]: value})
-
-
-def _parse_value(raw: str) -> Any:
-    raw = raw.strip()
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return os.path.expandvars(raw)
+    """Apply ``section.key=value`` strings to a (nested) config dataclass, each value validated against
+    its field's type (``pipelines.settings``): a bad one raises ``ConfigError`` naming the item."""
+    if not overrides:
+        return cfg
+    return resolve(type(cfg), [Layer("config", dataclasses.asdict(cfg)), *set_layers(overrides)])

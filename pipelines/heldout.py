@@ -34,14 +34,15 @@ class HeldOut:
         return self.table.num_rows
 
 
-def read_heldout(ds: Any, fraction: float, seed: int, max_shapes: int) -> pa.Table:
+def read_heldout(ds: Any, fraction: float, seed: int, max_shapes: int, num_cpus: float = 1.0) -> pa.Table:
     """Held-out rows with a category from a Ray Dataset of build shards, in the build's order."""
     import ray
 
+    kwargs = {"fraction": fraction, "seed": seed}
     held = (
         ds.select_columns(COLUMNS)
-        .map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs={"fraction": fraction, "seed": seed})
-        .filter(lambda row: row["category"] is not None)
+        .map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=kwargs, num_cpus=num_cpus)
+        .filter(lambda row: row["category"] is not None, num_cpus=num_cpus)
         .limit(max_shapes)
     )
     tables = [t for t in ray.get(held.to_arrow_refs()) if t.num_rows]

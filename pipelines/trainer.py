@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import ray
 import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -62,14 +63,39 @@ def _check_build(cfg: TrainConfig, manifest: Manifest) -> None:
         )
 
 
-def plan_run(cfg: TrainConfig, ds: ray.data.Dataset) -> RunPlan:
-    uids = ds.select_columns(["uid"])
-    num_rows = uids.count()
-    held = 0
+@dataclass
+class DataPrep:
+    """What a run computes from its build before any worker starts: the shape counts and the labelled
+    held-out split (in the object store). A sweep prepares it once for all trials that share it."""
+
+    key: tuple  # data_key(cfg) of the runs it serves
+    num_rows: int
+    num_held: int
+    heldout: Any  # ObjectRef of a HeldOut, or None
+    why: str  # what the periodic zero-shot runs on, or why it does not
+    heldout_info: dict[str, Any]  # {"shapes": n, "classes": [...]} or {}
+
+
+def data_key(cfg: TrainConfig) -> tuple:
+    return (cfg.data, cfg.holdout_fraction, cfg.seed, cfg.eval_max_shapes, cfg.eval_teacher)
+
+
+def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep:
+    manifest = manifest or read_manifest(os.path.join(cfg.data, "manifest.json"))
+    source = ray.data.read_parquet(os.path.join(cfg.data, "shards"), num_cpus=cfg.data_cpus)
+    uids = source.select_columns(["uid"])
+    num_rows, held = uids.count(), 0
     if cfg.holdout_fraction > 0:
         fn_kwargs = {"fraction": cfg.holdout_fraction, "seed": cfg.seed}
-        held = uids.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=fn_kwargs).count()
-    num_train = num_rows - held
+        held = uids.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=fn_kwargs, num_cpus=cfg.data_cpus)
+        held = held.count()
+    ref, why, info = _heldout_ref(cfg, manifest, source)
+    return DataPrep(data_key(cfg), num_rows, held, ref, why, info)
+
+
+def plan_run(cfg: TrainConfig, prep: DataPrep) -> RunPlan:
+    held = prep.num_held
+    num_train = prep.num_rows - held
     per_epoch = (num_train // cfg.num_workers) // cfg.batch_size
     if per_epoch < 1:
         raise ValueError(
@@ -86,7 +112,8 @@ def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
         return
     saved = json.loads(saved_file.read_text())["train"]
     current = dataclasses.asdict(cfg)
-    diff = {k: (saved.get(k), current[k]) for k in RESUME_KEYS if saved.get(k) != current[k]}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields added since the run began
+    diff = {k: (saved.get(k, defaults[k]), current[k]) for k in RESUME_KEYS if saved.get(k, defaults[k]) != current[k]}
     if diff:
         lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ValueError(
@@ -95,20 +122,21 @@ def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
         )
 
 
-def _heldout_ref(cfg: TrainConfig, manifest: Manifest, ds: ray.data.Dataset) -> tuple[Any, str]:
-    """The labelled held-out split in the object store, or None with the reason."""
+def _heldout_ref(cfg: TrainConfig, manifest: Manifest, ds: ray.data.Dataset) -> tuple[Any, str, dict[str, Any]]:
+    """The labelled held-out split in the object store (or None), why, and its shapes and class names."""
     if cfg.holdout_fraction == 0:
-        return None, "holdout_fraction is 0"
-    table = read_heldout(ds, cfg.holdout_fraction, cfg.seed, cfg.eval_max_shapes)
+        return None, "holdout_fraction is 0", {}
+    table = read_heldout(ds, cfg.holdout_fraction, cfg.seed, cfg.eval_max_shapes, num_cpus=cfg.data_cpus)
     spec = cfg.eval_teacher or manifest.teacher
     try:
         teacher = uni3d.build_teacher(spec)
     except Exception as exc:  # e.g. an open_clip teacher whose weights are not on this machine
-        return None, f"text teacher {spec!r} is not available here ({exc}); set eval_teacher"
+        return None, f"text teacher {spec!r} is not available here ({exc}); set eval_teacher", {}
     held = make_heldout(table, teacher)
     if held is None:
-        return None, f"the held-out split has {table.num_rows} labelled shapes in fewer than two categories"
-    return ray.put(held), f"{len(held)} held-out shapes in {len(held.class_names)} categories"
+        return None, f"the held-out split has {table.num_rows} labelled shapes in fewer than two categories", {}
+    why = f"{len(held)} held-out shapes in {len(held.class_names)} categories"
+    return ray.put(held), why, {"shapes": len(held), "classes": held.class_names}
 
 
 class _Tail(threading.Thread):
@@ -152,28 +180,48 @@ def format_metrics(m: dict[str, Any], total: int) -> str:
     return text
 
 
-def run_pretrain(cfg: TrainConfig, verbose: bool = True) -> PretrainResult:
-    """Train on ``cfg.data`` with ``cfg.num_workers`` Ray Train workers (resuming ``cfg.name`` if it exists)."""
+def run_pretrain(
+    cfg: TrainConfig,
+    verbose: bool = True,
+    callbacks: list[Any] | None = None,
+    hparams: dict[str, Any] | None = None,
+    prepared: DataPrep | None = None,
+) -> PretrainResult:
+    """Train on ``cfg.data`` with ``cfg.num_workers`` Ray Train workers (resuming ``cfg.name`` if it exists).
+
+    ``callbacks`` are Ray Train callbacks (a sweep's Tune reporter); ``hparams`` go to the run's TensorBoard
+    events for the HParams view; ``prepared`` is ``prepare_data`` done once for several runs."""
     manifest = read_manifest(os.path.join(cfg.data, "manifest.json"))
     _check_build(cfg, manifest)
     cfg = dataclasses.replace(cfg, embed_dim=manifest.embed_dim)
+    init = uni3d.parse_init(cfg.init).resolve()  # an absolute path: Ray Train workers run in another folder
+    cfg = dataclasses.replace(cfg, init=str(init))
+    init_text = uni3d.check_init(init, uni3d.get_preset(cfg.model, embed_dim=cfg.embed_dim))  # before any worker
     run_dir = Path(cfg.storage).resolve() / cfg.name
     check_resume(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     say = print if verbose else (lambda *a, **k: None)
+    say(f"[pretrain] init: {init_text}")
 
-    source = ray.data.read_parquet(os.path.join(cfg.data, "shards"))
-    plan = plan_run(cfg, source)
-    heldout, why = _heldout_ref(cfg, manifest, source)
+    if prepared is None or prepared.key != data_key(cfg):
+        prepared = prepare_data(cfg, manifest)
+    plan = plan_run(cfg, prepared)
+    heldout, why = prepared.heldout, prepared.why
     say(f"[pretrain] {plan.num_train} training shapes, {plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps")
     say(f"[pretrain] periodic zero-shot: {why}" if heldout is None else f"[pretrain] periodic zero-shot on {why}")
     config = {"train": dataclasses.asdict(cfg), "plan": dataclasses.asdict(plan), "teacher": manifest.teacher}
+    if prepared.heldout_info:
+        config["heldout"] = prepared.heldout_info
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
+    source = ray.data.read_parquet(os.path.join(cfg.data, "shards"), num_cpus=cfg.data_cpus)
     train = source.randomize_block_order(seed=cfg.seed)
     if cfg.holdout_fraction > 0:
         fn_kwargs = {"fraction": cfg.holdout_fraction, "seed": cfg.seed}
-        train = train.map_batches(drop_holdout, batch_format="pyarrow", fn_kwargs=fn_kwargs)
+        train = train.map_batches(drop_holdout, batch_format="pyarrow", fn_kwargs=fn_kwargs, num_cpus=cfg.data_cpus)
+    if _read_once(cfg):  # epochs then re-deal blocks from the object store instead of reading the files again
+        train.context.execution_options.preserve_order = True  # blocks in the seeded order, whatever ends first
+        train = train.materialize()
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same rows reach the same worker in the same order: exact resume
     trainer = TorchTrainer(
@@ -185,6 +233,7 @@ def run_pretrain(cfg: TrainConfig, verbose: bool = True) -> PretrainResult:
             "total_steps": plan.total_steps,
             "run_dir": str(run_dir),
             "heldout": heldout,
+            "hparams": hparams or {},
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.worker_cpus}
@@ -194,6 +243,7 @@ def run_pretrain(cfg: TrainConfig, verbose: bool = True) -> PretrainResult:
             storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            callbacks=callbacks or [],
         ),
         datasets={"train": train},
         dataset_config=DataConfig(execution_options=ingest),
@@ -208,6 +258,20 @@ def run_pretrain(cfg: TrainConfig, verbose: bool = True) -> PretrainResult:
         if verbose:
             tail.join()
     return _finish(cfg, run_dir, plan, result)
+
+
+def _read_once(cfg: TrainConfig) -> bool:
+    """``cache_data``: auto = when the build's decoded size is under a quarter of the free object store."""
+    if cfg.cache_data != "auto":
+        return cfg.cache_data == "true"
+    budget = 0.25 * float(ray.available_resources().get("object_store_memory", 0))
+    total = 0
+    for path in sorted(Path(cfg.data, "shards").glob("*.parquet")):  # local builds; URIs are read as they stream
+        meta = pq.read_metadata(path)
+        total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))  # uncompressed
+        if total > budget:
+            return False
+    return total > 0
 
 
 def _finish(cfg: TrainConfig, run_dir: Path, plan: RunPlan, result: ray.train.Result) -> PretrainResult:

@@ -41,6 +41,7 @@ from ray.train import Checkpoint
 import uni3d
 from pipelines.heldout import KS, HeldOut, zero_shot_counts
 from pipelines.recipes import get_recipe
+from pipelines.settings import Layer, cli_layers, resolve
 from pipelines.strategy import DDPEngine, DeepSpeedEngine, Engine, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig, make_train_batch
 from uni3d.augment import augment
@@ -48,7 +49,19 @@ from uni3d.loss import Uni3DLoss, torch_distributed_gather
 from uni3d.optim import OptimConfig, build_optimizer, lr_at, set_lr
 
 # Fields that fix what a run computes: a re-run under the same name must keep them to resume.
-RESUME_KEYS = ("data", "model", "strategy", "zero_stage", "num_workers", "batch_size", "seed", "holdout_fraction")
+RESUME_KEYS = (
+    "data",
+    "model",
+    "init",
+    "patch_dropout",
+    "drop_path_rate",
+    "strategy",
+    "zero_stage",
+    "num_workers",
+    "batch_size",
+    "seed",
+    "holdout_fraction",
+)
 
 
 @dataclass
@@ -58,13 +71,16 @@ class TrainConfig:
     name: str = "uni3d"  # the run's name; re-running the same name and storage resumes it
     recipe: str = "cpu"  # pipelines.recipes; fields set here or by --set override it
     model: str = "micro"  # uni3d preset
-    pretrained_2d: str = ""  # a local timm checkpoint whose blocks initialise the ViT
+    init: str = "scratch"  # scratch | timm:<file> | timm:<arch>@<file> | run:<checkpoint> (uni3d.init)
     grad_checkpointing: bool = False
+    patch_dropout: float = -1.0  # FLIP patch dropout of the point tokens; < 0: the preset's (0.5)
+    drop_path_rate: float = -1.0  # stochastic depth over the ViT blocks; < 0: the preset's
     strategy: str = "deepspeed"  # deepspeed | ddp
     zero_stage: int = 1
     precision: str = "fp32"  # fp32 | bf16
     num_workers: int = 2
-    worker_cpus: float = 0.5  # per training worker; leave CPUs for Ray Data's read tasks (1 CPU each)
+    worker_cpus: float = 0.5  # per training worker; leave CPUs for Ray Data's read tasks
+    data_cpus: float = 1.0  # per Ray Data read/filter task of this run (lower it to pack sweeps' trials)
     use_gpu: bool = False
     batch_size: int = 16  # per worker
     epochs: int = 1
@@ -75,6 +91,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     augment: bool = True
     shuffle_buffer: int = 256  # rows per worker reshuffled each epoch
+    cache_data: str = "auto"  # auto | true | false: read the build once into the object store (auto: if small)
     seed: int = 4096
     log_every: int = 10
     checkpoint_every: int = 100  # steps; the last step always checkpoints
@@ -104,15 +121,42 @@ class TrainConfig:
             "checkpoint_every": self.checkpoint_every >= 1,
             "max_nonfinite": self.max_nonfinite >= 1,
             "until_step": self.until_step >= 0,
+            "patch_dropout": self.patch_dropout < 1.0,
+            "drop_path_rate": self.drop_path_rate < 1.0,
+            "data_cpus": self.data_cpus > 0,
+            "cache_data": self.cache_data in ("auto", "true", "false"),
+            "lr": self.lr > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"TrainConfig: invalid {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        uni3d.parse_init(self.init)  # the form only; run_pretrain checks the file before workers start
 
 
 def make_config(data: str, recipe: str = "cpu", overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A recipe's config for ``data`` with field overrides on top."""
-    return TrainConfig(data=data, **{**get_recipe(recipe), "recipe": recipe, **(overrides or {})})
+    """A recipe's config for ``data`` with field overrides on top, validated against the field types."""
+    fields = {"data": data, "recipe": recipe, **(overrides or {})}
+    return resolve(TrainConfig, [Layer(f"recipe {recipe}", get_recipe(recipe)), Layer("make_config", fields)])
+
+
+def resolve_train_config(args: Any, flags: dict[str, Any]) -> TrainConfig:
+    """A job's TrainConfig: the recipe (``--recipe``, else the ``--config`` file's ``recipe:``, else cpu), then
+    the file, the job's flags and ``--set`` (``pipelines.settings``); ``data`` must be given somewhere."""
+    layers = cli_layers(args, flags)
+    named = [layer.values["recipe"] for layer in layers if isinstance(layer.values.get("recipe"), str)]
+    recipe = str(named[-1]) if named else "cpu"
+    layers.insert(0, Layer(f"recipe {recipe}", {**get_recipe(recipe), "recipe": recipe}))
+    return resolve(TrainConfig, layers, {"data": "give --data BUILD (or data: in --config)"})
+
+
+def model_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The preset's fields this run changes (patch dropout, drop path), for ``uni3d.create_model``."""
+    out: dict[str, Any] = {}
+    if cfg.patch_dropout >= 0:
+        out["patch_dropout"] = cfg.patch_dropout
+    if cfg.drop_path_rate >= 0:
+        out["drop_path_rate"] = cfg.drop_path_rate
+    return out
 
 
 class NonFiniteLoss(RuntimeError):
@@ -174,10 +218,15 @@ def train_loop(config: dict[str, Any]) -> None:
     per_epoch, total = config["steps_per_epoch"], config["total_steps"]
     stop_at = min(cfg.until_step, total) if cfg.until_step else total
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = uni3d.create_model(cfg.model, embed_dim=cfg.embed_dim, grad_checkpointing=cfg.grad_checkpointing)
-    if cfg.pretrained_2d:
-        uni3d.load_2d_weights(model, cfg.pretrained_2d)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank; init loads on top of them
+    init = uni3d.parse_init(cfg.init)
+    preset = uni3d.get_preset(
+        cfg.model, embed_dim=cfg.embed_dim, grad_checkpointing=cfg.grad_checkpointing, **model_overrides(cfg)
+    )
+    model = uni3d.create_model(uni3d.init_config(init, preset))
+    for line in uni3d.apply_init(model, init):
+        if rank == 0:
+            print(f"[pretrain] init: {line}", flush=True)
     vector_logit_scale_(model).to(device)
     opt_cfg = OptimConfig(
         lr=cfg.lr,
@@ -198,7 +247,7 @@ def train_loop(config: dict[str, Any]) -> None:
     loss_fn = Uni3DLoss(rank=rank, world_size=world, gather=torch_distributed_gather if world > 1 else None)
     batch_cfg = TrainBatchConfig(embed_dim=cfg.embed_dim)
     held: HeldOut | None = ray.get(config["heldout"]) if config["heldout"] is not None else None
-    writer = _tensorboard(cfg, config["run_dir"], step) if rank == 0 else None
+    writer = _tensorboard(cfg, config["run_dir"], step, config.get("hparams")) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     meta = {"teacher": config["teacher"], "train": dataclasses.asdict(cfg)}
     sums = torch.zeros(4, dtype=torch.float64)  # loss, acc_text, acc_image, steps (finite ones)
@@ -350,12 +399,23 @@ def _checkpoint(engine: Engine, rank: int, meta: dict[str, Any], step: int, guar
     return Checkpoint.from_directory(str(folder))
 
 
-def _tensorboard(cfg: TrainConfig, run_dir: str, step: int) -> Any:
+# Scalars the TensorBoard HParams view shows for each run of a sweep, next to its hyperparameters.
+HPARAM_METRICS = ("eval/zeroshot_top1", "eval/zeroshot_top5", "train/loss", "train/acc_text")
+
+
+def _tensorboard(cfg: TrainConfig, run_dir: str, step: int, hparams: dict[str, Any] | None = None) -> Any:
     if not cfg.tensorboard:
         return None
     from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-    return SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=step or None)
+    writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=step or None)
+    if hparams:  # the HParams plugin's experiment and session records, in the run's own event file
+        experiment, session_start, _ = hparams_summary(hparams, {tag: 0.0 for tag in HPARAM_METRICS})
+        writer.file_writer.add_summary(experiment)
+        writer.file_writer.add_summary(session_start)
+        writer.flush()
+    return writer
 
 
 def _log(run_dir: str, writer: Any, metrics: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from official_reference import official_encode
 import uni3d
 from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS
 
-CPU_PRESETS = ["nano", "micro"]
+CPU_PRESETS = ["nano-s", "nano", "nano-l", "micro"]
 
 
 def count(model: torch.nn.Module) -> int:

@@ -13,7 +13,7 @@ import torch
 
 import uni3d
 from pipelines.heldout import HeldOut, make_heldout, zero_shot_counts
-from pipelines.recipes import RECIPES
+from pipelines.recipes import recipe_names
 from pipelines.schema import make_row, rows_to_table
 from pipelines.splits import drop_holdout, holdout_mask, keep_holdout
 from pipelines.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
@@ -68,7 +68,7 @@ def test_holdout_is_a_fixed_seeded_fraction_of_uids() -> None:
 
 
 def test_recipes_build_valid_configs_and_mirror_the_official_recipe() -> None:
-    for name in RECIPES:
+    for name in recipe_names():
         cfg = make_config("build", name)
         assert cfg.recipe == name
     g = make_config("build", "uni3d-g")

@@ -5,6 +5,9 @@ import uni3d
 model = uni3d.create_model("tiny")                 # official architecture, random init, embed_dim 1024
 model = uni3d.create_model("base", embed_dim=384)  # projection sized to another teacher
 model = uni3d.load_checkpoint("model.pt")          # an official release file or one of ours
+spec = uni3d.parse_init("timm:vit_small_patch14_dinov2@dinov2_s.safetensors")  # or scratch, run:<checkpoint>
+model = uni3d.create_model(uni3d.init_config(spec, uni3d.get_preset("small")))
+uni3d.apply_init(model, spec)                      # DINOv2-S blocks in the small preset's ViT
 emb = model.encode_pc(pc)                          # (B, N, 6) float32 xyz+rgb -> (B, embed_dim)
 ```
 """
@@ -14,14 +17,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from uni3d.checkpoint import (
-    export_official,
-    load_2d_weights,
-    load_checkpoint,
-    read_checkpoint_config,
-    save_checkpoint,
-)
+from uni3d.checkpoint import export_official, load_checkpoint, read_checkpoint_config, save_checkpoint
+from uni3d.cost import ModelCost, model_cost
 from uni3d.encoder import PointEncoder, Uni3D
+from uni3d.init import InitSpec, apply_init, check_init, init_config, load_2d_weights, parse_init
 from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS, EncoderConfig, get_preset
 from uni3d.teachers import (
     MiniLMTeacher,
@@ -51,7 +50,8 @@ def create_model(
 ) -> Uni3D:
     """Build a Uni3D model from a preset name (or a config) with field overrides.
 
-    ``pretrained_2d`` is a local timm ViT/EVA checkpoint file whose blocks initialise the ViT.
+    ``pretrained_2d`` is a local timm checkpoint file of the config's ViT whose blocks initialise it
+    (``init="timm:<file>"``; ``uni3d.init`` has the other initialisations).
     """
     cfg = name.replace(**overrides) if isinstance(name, EncoderConfig) else get_preset(name, **overrides)
     model = Uni3D(cfg)
@@ -64,6 +64,8 @@ __all__ = [
     "OFFICIAL_PARAM_COUNTS",
     "PRESETS",
     "EncoderConfig",
+    "InitSpec",
+    "ModelCost",
     "MiniLMTeacher",
     "OpenClipTeacher",
     "RandomOpenClipTeacher",
@@ -72,6 +74,7 @@ __all__ = [
     "build_teacher",
     "build_zero_shot_classifier",
     "load_templates",
+    "parse_init",
     "parse_teacher",
     "per_class_accuracy",
     "topk_accuracy",
@@ -79,11 +82,15 @@ __all__ = [
     "zero_shot_logits",
     "PointEncoder",
     "Uni3D",
+    "apply_init",
+    "check_init",
     "create_model",
     "export_official",
     "get_preset",
+    "init_config",
     "load_2d_weights",
     "load_checkpoint",
+    "model_cost",
     "read_checkpoint_config",
     "save_checkpoint",
 ]

@@ -1,11 +1,12 @@
-"""Checkpoint I/O: our safetensors format, the official release layout, and 2D ViT initialisation.
+"""Checkpoint I/O: our safetensors format and the official release layout.
 
 - Ours: a folder with ``model.safetensors`` (fp32 weights) and ``config.json`` (the encoder
   config plus free-form metadata such as the teacher). Loading never unpickles code.
 - Official (spec §4): ``model.pt`` = ``{'module': flat fp16 state dict}``; read with
   ``torch.load(weights_only=True)`` and loaded strictly into an fp32 model whose preset is
   inferred from the tensor shapes. ``export_official`` writes the same layout.
-- 2D init: the blocks and ``fc_norm`` of the ViT from a local timm checkpoint file.
+
+Initialising a model from a 2D ViT or another run is ``uni3d.init``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,20 +127,28 @@ def infer_official_config(state: dict[str, Tensor], source: str = "state dict") 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Strict load that lists missing, unexpected and mis-shaped keys in one ``ValueError``."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    missing, unexpected, mismatched = _key_diff(model.state_dict(), state)
     if missing or unexpected or mismatched:
         raise ValueError(
             f"{source} does not fit {type(model).__name__}:\n"
             + _describe(missing=missing, unexpected=unexpected, mismatched=mismatched)
         )
     model.load_state_dict(state, strict=True)
+
+
+def _key_diff(
+    expected: dict[str, Tensor], state: dict[str, Tensor], skip: Callable[[str], bool] | None = None
+) -> tuple[list[str], list[str], list[str]]:
+    """The missing, unexpected and mis-shaped keys of ``state`` against ``expected``; ``skip`` exempts keys."""
+    keep = (lambda k: not skip(k)) if skip else (lambda k: True)
+    missing = sorted(k for k in expected if k not in state and keep(k))
+    unexpected = sorted(k for k in state if k not in expected and keep(k))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape and keep(k)
+    ]
+    return missing, unexpected, mismatched
 
 
 def _describe(**groups: list[str]) -> str:
@@ -159,37 +169,3 @@ def export_official(model: Uni3D, path: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"module": state}, out)
     return out
-
-
-def load_2d_weights(model: Uni3D, path: str | os.PathLike) -> list[str]:
-    """Initialise the ViT blocks and ``fc_norm`` from a local timm ViT/EVA checkpoint file.
-
-    The 2D-only tensors (patch embed, 2D pos embed, head) are loaded where their shapes fit and
-    skipped otherwise; every block tensor must fit. Returns the keys loaded into ``visual``.
-    """
-    from timm.models.eva import checkpoint_filter_fn
-
-    vit = model.point_encoder.visual
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"2D checkpoint {path} does not exist")
-    raw = load_file(str(p)) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu", weights_only=True)
-    state = checkpoint_filter_fn(raw, vit)
-    expected = vit.state_dict()
-    is_2d_only = lambda k: k.startswith(("patch_embed.", "head.", "pos_embed", "cls_token", "rope."))  # noqa: E731
-    missing = sorted(k for k in expected if k not in state and not is_2d_only(k))
-    unexpected = sorted(k for k in state if k not in expected and not is_2d_only(k))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape and not is_2d_only(k)
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"2D checkpoint {path} does not fit {model.cfg.timm_model} "
-            f"(width {model.cfg.width}, depth {model.cfg.depth}):\n"
-            + _describe(missing=missing, unexpected=unexpected, mismatched=mismatched)
-        )
-    fitting = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
-    vit.load_state_dict(fitting, strict=False)
-    return sorted(fitting)

@@ -1,7 +1,8 @@
 """The Uni3D point encoder: tokenizer + timm EVA blocks + projection (Uni3D spec §2–3).
 
 ``Uni3D`` mirrors the official module tree (``logit_scale``, ``point_encoder.encoder``,
-``point_encoder.visual`` = a whole timm EVA model, …) so official checkpoints load strictly.
+``point_encoder.visual`` = a whole timm EVA model, …) so official checkpoints load strictly. Any timm
+``VisionTransformer`` works as ``visual`` too (``EncoderConfig.timm_model``, e.g. a DINOv2 or CLIP ViT).
 The ViT's 2D-only tensors (patch embed, 2D pos embed, ViT cls token, head) exist for that layout
 but are unused, so they are frozen: every trainable parameter receives a gradient.
 """
@@ -18,12 +19,23 @@ from torch.utils.checkpoint import checkpoint
 from uni3d.presets import EncoderConfig
 from uni3d.tokenizer import MiniPointNet, PatchDropout, check_point_cloud, gelu_mlp, group_points
 
-# timm EVA tensors that only the 2D image path uses.
-_UNUSED_2D_PREFIXES = ("patch_embed.", "head.", "pos_embed", "cls_token", "reg_token", "rope.")
+# timm EVA / VisionTransformer tensors that only the 2D image path uses: the point path runs pos_drop,
+# blocks, norm and fc_norm, as the official one does, so a CLIP ViT's norm_pre and a MAP head are unused too.
+_UNUSED_2D_PREFIXES = (
+    "patch_embed.",
+    "head.",
+    "pos_embed",
+    "cls_token",
+    "reg_token",
+    "mask_token",
+    "rope.",
+    "norm_pre.",
+    "attn_pool.",
+)
 
 
 def build_vit(cfg: EncoderConfig) -> nn.Module:
-    """The timm EVA model named by the preset, with random weights (2D init is a separate step)."""
+    """The timm ViT named by the config (an EVA for the presets), random weights; ``uni3d.init`` loads 2D ones."""
     vit = timm.create_model(cfg.timm_model, pretrained=False, drop_path_rate=cfg.drop_path_rate, **cfg.timm_kwargs)
     built = (vit.embed_dim, len(vit.blocks), vit.blocks[0].attn.num_heads)
     if built != (cfg.width, cfg.depth, cfg.num_heads):
