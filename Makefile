@@ -1,4 +1,4 @@
-# Two commands do all set-up on a fresh clone: `make demo` and `make test`.
+# Each of `make demo`, `make sweep` and `make test` does all set-up on a fresh clone.
 # Both create .venv when it is missing or older than pyproject.toml / constraints.txt.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo tour bench lint format clean
+.PHONY: setup test test-fast demo sweep tour bench lint format clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test-fast: $(STAMP)
 # build -> pretrain -> evaluate on a local Ray; bigger settings: make demo ARGS="--shapes 4800 --address ray://head:10001"
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py $(ARGS)
+
+# Ray Tune: 3 CPU scales x 2 initialisations on the demo's build (built if missing); report in demo/sweeps/
+sweep: $(STAMP)
+	$(BIN)/python jobs/sweep_demo.py $(ARGS)
 
 tour: $(STAMP)
 	$(BIN)/python -m uni3d.demo

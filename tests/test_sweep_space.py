@@ -1,0 +1,140 @@
+"""Sweep spaces and their checks, before any trial (no Ray): every bad input is one error line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import uni3d
+from pipelines.schema import Manifest
+from pipelines.settings import ConfigError, set_layers
+from pipelines.sweep_space import SweepConfig, fill_templates, grid_arguments, parse_space, plan_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def build(tmp_path: Path) -> Path:
+    """A build folder as far as the checks read it: its manifest (384-d MiniLM, 200 shapes)."""
+    out = tmp_path / "build"
+    out.mkdir()
+    manifest = Manifest(teacher="minilm:all-MiniLM-L6-v2", embed_dim=384, num_points=512, num_shapes=200)
+    (out / "manifest.json").write_text(manifest.to_json())
+    return out
+
+
+def sweep(build: Path, tmp_path: Path, **fields) -> SweepConfig:
+    return SweepConfig(data=str(build), storage=str(tmp_path / "sweeps"), **fields)
+
+
+def test_lists_are_grid_axes_and_mappings_distributions() -> None:
+    axes = parse_space({"model": ["nano", "micro"], "lr": {"loguniform": [1e-4, 1e-2]}}, "f")
+    assert [(a.field, a.kind, a.values) for a in axes] == [
+        ("model", "grid", ("nano", "micro")),
+        ("lr", "loguniform", (1e-4, 1e-2)),
+    ]
+    assert grid_arguments(["model=nano, micro", "lr=1e-3"]) == {"model": ["nano", "micro"], "lr": ["1e-3"]}
+    filled = fill_templates({"init": "run:{sweep}/init/{model}/final"}, {"sweep": "/s", "model": "nano"})
+    assert filled == {"init": "run:/s/init/nano/final"}
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({}, "the search space is empty"),
+        ({"modle": ["nano"]}, r"space\.modle: not a TrainConfig field"),
+        ({"name": ["a", "b"]}, r"space\.name: not a TrainConfig field a trial can sweep"),
+        ({"model": []}, r"space\.model: an empty list"),
+        ({"lr": {"gaussian": [0, 1]}}, r"space\.lr=.*expected a list of values or one of"),
+        ({"lr": {"loguniform": [1e-2, 1e-4]}}, "loguniform needs low < high"),
+        ({"lr": {"loguniform": [0, 1e-4]}}, "positive bounds"),
+        ({"lr": {"uniform": [1]}}, "uniform takes a list of 2 values"),
+        ({"lr": {"uniform": ["a", "b"]}}, "bounds must be numbers"),
+    ],
+)
+def test_malformed_spaces_are_refused_naming_the_field(space: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_space(space, "the sweep")
+
+
+def test_every_trial_is_checked_before_any_starts(build: Path, tmp_path: Path) -> None:
+    plan = plan_sweep(sweep(build, tmp_path, space={"model": ["nano", "nano-s"], "lr": [1e-3, 3e-3]}), [])
+    assert plan.num_trials == 4 and len(plan.by_data) == 1
+    assert plan.trial_cpus == pytest.approx(0.05 + 2 * 0.5 + 1.0)  # the cpu recipe: 2 workers x 0.5 + a read task
+    assert plan.max_steps == (190 // 2 // 16) * 4  # 5% held out, 2 workers x 16, 4 epochs
+    cases = [
+        ({"model": ["nano", "huge"]}, [], r"model='huge': unknown preset 'huge'"),
+        ({"lr": ["fast"]}, [], r"trial lr=fast: lr='fast': Input should be a valid number"),
+        ({"epochs": [1, 0]}, [], r"invalid epochs=0"),
+        ({"model": ["nano"]}, set_layers(["batch_size=x"]), r"--set batch_size=x: batch_size='x'"),
+        ({"init": ["timm:/nowhere/vit.safetensors"]}, [], r"init='timm:/nowhere/vit.safetensors' .*does not exist"),
+        ({"lr": [1e-3], "init": ["run:{sweep}/missing/{model}"]}, [], r"init='run:.*missing/micro'"),
+    ]
+    for space, sets, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            plan_sweep(sweep(build, tmp_path, space=space), sets)
+    with pytest.raises(ConfigError, match="no manifest.json there"):
+        plan_sweep(SweepConfig(data=str(tmp_path / "nothing"), space={"lr": [1e-3]}), [])
+    with pytest.raises(ConfigError, match="gives two trials the same run folder"):
+        plan_sweep(sweep(build, tmp_path, space={"lr": [1e-3, 2e-3]}, run_name="{model}"), [])
+
+
+def test_a_timm_file_for_another_preset_is_refused_with_the_preset_it_fits(build: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    vit = uni3d.create_model("nano-l").point_encoder.visual  # nano-l's ViT: width 192, depth 4
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    ok = plan_sweep(sweep(build, tmp_path, space={"model": ["nano-l"], "init": ["scratch", f"timm:{path}"]}), [])
+    assert ok.num_trials == 2
+    with pytest.raises(ConfigError, match=r"init='timm:.*' for model='nano': .*fits preset"):
+        plan_sweep(sweep(build, tmp_path, space={"model": ["nano"], "init": [f"timm:{path}"]}), [])
+
+
+def test_the_job_says_error_and_exits_2_before_starting_ray(build: Path, tmp_path: Path, capsys) -> None:
+    import ray
+
+    from jobs.sweep import main
+
+    common = ["--data", str(build), "--storage", str(tmp_path / "s")]
+    bad = [
+        ([*common], "the search space is empty"),
+        ([*common, "--grid", "model=nano,huge"], "unknown preset 'huge'"),
+        ([*common, "--grid", "lr"], "must look like key=v1,v2"),
+        ([*common, "--grid", "lr=1e-3", "--set", "scheduler=hyperband"], "invalid scheduler='hyperband'"),
+        ([*common, "--grid", "lr=1e-3", "--set", "epochs=many"], "--set epochs=many: epochs='many'"),
+        (["--data", str(tmp_path / "none"), "--grid", "lr=1e-3"], "no manifest.json there"),
+        ([*common, "--space", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+    ]
+    for argv, message in bad:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not ray.is_initialized()
+
+
+def test_the_shipped_sweep_files_parse(build: Path, tmp_path: Path, capsys) -> None:
+    from jobs.sweep import main
+
+    for name in ("demo", "scale-init", "lr-layer-decay"):
+        path = ROOT / "configs" / "sweeps" / f"{name}.yaml"
+        assert main(["--space", str(path), "--data", str(build), "--print-config"]) == 0, name
+        assert "space:" in capsys.readouterr().out
+    # the demo's space checks out apart from its init runs, which jobs/sweep_demo.py makes first
+    assert main(["--space", str(ROOT / "configs/sweeps/demo.yaml"), "--data", str(build)]) == 2
+    assert "init='run:" in capsys.readouterr().err
+
+
+def test_lists_become_choices_for_random_and_optuna_search(build: Path, tmp_path: Path) -> None:
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pipelines.sweep import _searcher, tune_space
+
+    cfg = sweep(build, tmp_path, space={"model": ["nano", "nano-s"], "lr": {"loguniform": [1e-4, 1e-2]}})
+    plan = plan_sweep(cfg, [])
+    grid = tune_space(plan, "grid")
+    assert grid["model"] == {"grid_search": ["nano", "nano-s"]} and isinstance(grid["lr"], tune.search.sample.Float)
+    assert isinstance(tune_space(plan, "optuna")["model"], tune.search.sample.Categorical)
+    assert _searcher(cfg) is None and isinstance(_searcher(sweep(build, tmp_path, search="optuna")), OptunaSearch)
