@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         storage=storage,
         name="init",
         space={"model": SCALES},
-        train={**main_sweep.train, "epochs": 6},
+        train={**main_sweep.train, "epochs": 4},
         run_name="{model}",
+        max_concurrent_trials=3,  # all three at once: no core idles in a last wave of one
     )
     run_sweep(init_sweep, sets)
 

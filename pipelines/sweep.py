@@ -257,7 +257,7 @@ class _EndedTrial:
 
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
-    """Builds and init files as absolute paths: trial processes need not share the driver's folder."""
+    """Storage, builds and init files as absolute paths: Tune runs each trial in its own working folder."""
     from uni3d.init import parse_init
 
     def data(value: Any) -> Any:
@@ -271,7 +271,8 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         if isinstance(space.get(key), list):
             space[key] = [fix(v) for v in space[key]]
     train = {**cfg.train, **({"init": init(cfg.train["init"])} if "init" in cfg.train else {})}
-    return dataclasses.replace(cfg, data=data(cfg.data), space=space, train=train)
+    storage = str(Path(cfg.storage).resolve()) if "://" not in cfg.storage else cfg.storage
+    return dataclasses.replace(cfg, data=data(cfg.data), storage=storage, space=space, train=train)
 
 
 class ReportCallback(tune.Callback):
@@ -292,7 +293,7 @@ class ReportCallback(tune.Callback):
             self.refresh()
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
-        label = ", ".join(f"{k}={_plain(trial.config.get(k))}" for k in self.spec.fields)
+        label = ", ".join(f"{k}={v}" for k, v in self.values(trial).items())
         value = result.get(self.cfg.metric)
         self.log(f"[sweep] {trial.trial_id} ({label}) step {result.get('step')}: {self.cfg.metric} {value:.4g}")
 
@@ -313,16 +314,30 @@ class ReportCallback(tune.Callback):
         if not force and time.time() - self.last < self.cfg.report_every_s:
             return []
         self.last = time.time()
-        records = [self.record(t) for t in self.trials]
+        records = sorted((self.record(t) for t in self.trials), key=lambda r: r.trial_id)
         meta = {"sweep": str(self.cfg.folder), "data": self.cfg.data, "metric": self.cfg.metric}
+        classes = [len(c) for r in records if (c := self._classes(r.run_dir))]
+        if classes:
+            meta["chance_top1"] = 100.0 / classes[0]
         write_report(self.cfg.folder / "report", records, title=f"sweep {self.cfg.name}", meta=meta)
         return records
+
+    def _classes(self, run_dir: str) -> list[str]:
+        """The held-out split's class names, from a run's config.json (empty until the run has started)."""
+        saved = self.cfg.folder / run_dir / "config.json"
+        return json.loads(saved.read_text()).get("heldout", {}).get("classes", []) if saved.exists() else []
+
+    def values(self, trial: Any) -> dict[str, Any]:
+        """The trial's swept values with templates filled in, as its run used them."""
+        params = {k: _plain(trial.config.get(k)) for k in self.spec.fields}
+        return fill_templates(params, trial_context(self.cfg, params, trial.trial_id))
 
     def record(self, trial: Any) -> TrialRecord:
         from uni3d.cost import model_cost
 
         params = {k: _plain(trial.config.get(k)) for k in self.spec.fields}
         name = run_name(self.cfg, params, trial.trial_id)
+        values = self.values(trial)
         run_dir = self.cfg.folder / "runs" / name
         train = trial_config(self.cfg, params, list(self.spec.sets), name)
         saved = run_dir / "config.json"
@@ -337,9 +352,9 @@ class ReportCallback(tune.Callback):
         return TrialRecord(
             trial_id=trial.trial_id,
             status=status,
-            params=params,
+            params=values,
             model=train.model,
-            init=train.init,
+            init=str(params.get("init", train.init)),  # as swept (a template groups the scales' inits)
             num_params=cost.num_params,
             flops_per_sample=cost.flops_per_sample,
             steps=summary["steps"],

@@ -4,7 +4,8 @@ A sweep file (``configs/sweeps/*.yaml``) names a recipe, fixed ``train:`` fields
 ``space:`` of ``TrainConfig`` fields. In a space a list is a grid axis (``grid`` search) or a choice
 (``random`` / ``optuna``); a mapping ``{loguniform: [lo, hi]}``, ``{uniform: …}``, ``{randint: …}``,
 ``{quniform: [lo, hi, q]}`` or ``{choice: […]}`` is a distribution. String values may name other fields
-of the trial in braces (``run:{sweep}/init/runs/{model}/final``): ``{sweep}`` is the sweep folder.
+of the trial in braces (``run:{sweeps}/init/runs/{model}/final``): ``{sweep}`` is the sweep's folder,
+``{sweeps}`` the folder that holds it (``storage``), ``{trial_id}`` Tune's id of the trial.
 Everything is checked before any trial starts: unknown fields, empty or malformed axes, values of the
 wrong type, unknown presets, missing builds and ``timm:``/``run:`` files that do not fit the preset.
 """
@@ -52,7 +53,7 @@ class SweepConfig:
     check_fits: bool = True  # refuse trials bigger than the cluster (off on autoscaling clusters)
     mlflow: bool = True  # also log to MLflow when mlflow is installed
     mlflow_tracking_uri: str = ""  # default: sqlite:///<sweep>/mlflow.db (mlflow ui --backend-store-uri …)
-    report_every_s: float = 20.0  # the report is refreshed at most this often while trials run
+    report_every_s: float = 60.0  # the report is refreshed at most this often while trials run
 
     def __post_init__(self) -> None:
         checks = {
@@ -143,7 +144,14 @@ def fill_templates(params: dict[str, Any], context: dict[str, Any]) -> dict[str,
 
 def trial_context(cfg: SweepConfig, params: dict[str, Any], trial_id: str = "") -> dict[str, Any]:
     base = {**get_recipe(cfg.recipe), **cfg.train, **{k: v for k, v in params.items()}}
-    return {**base, "data": params.get("data", cfg.data), "sweep": str(cfg.folder), "trial_id": trial_id}
+    folder = cfg.folder
+    return {
+        **base,
+        "data": params.get("data", cfg.data),
+        "sweep": str(folder),
+        "sweeps": str(folder.parent),
+        "trial_id": trial_id,
+    }
 
 
 def trial_config(cfg: SweepConfig, params: dict[str, Any], sets: list[Layer], run_name: str) -> TrainConfig:

@@ -366,6 +366,7 @@ def _metrics(
         "samples_per_s": steps * cfg.batch_size * world / max(elapsed, 1e-9),
         "data_wait_s": float(wait[0]),
         "data_wait_frac": float(wait[0]) / max(elapsed, 1e-9),
+        "time": time.time(),  # wall clock, for the timelines of runs and sweeps
     }
 
 
@@ -423,7 +424,7 @@ def _log(run_dir: str, writer: Any, metrics: dict[str, Any]) -> None:
         f.write(json.dumps(metrics) + "\n")
     if writer is not None:
         for key, value in metrics.items():
-            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+            if key not in ("step", "time") and isinstance(value, int | float) and math.isfinite(value):
                 tag = f"eval/{key}" if key.startswith("zeroshot") else f"train/{key}"
                 writer.add_scalar(tag, value, metrics["step"])
         writer.flush()
