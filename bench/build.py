@@ -12,20 +12,28 @@ Sections (``--sections``, default all), each printed as a Markdown table:
 - ``listing``: a ``--listing-rows`` procedural listing (generated uids) written, planned and cut into
   blocks by Ray Data (no shape work): time and the driver's peak resident memory.
 - ``storage``: bytes per shape of the build against OpenShape's per-shape ``.npy`` layout.
+- ``objaverse``: Objaverse at full scale without the network: a generated fixture in the dataset's own
+  layout (``--objaverse-uids`` uids in 160 shards, Sketchfab-like annotations, ~46k LVIS uids) served
+  by a local HTTP server; the source downloads and parses the annotations, drops the LVIS shapes
+  (``source.lvis=exclude``) and those an existing build already holds (``--objaverse-done`` uids), writes
+  the listing, plans and cuts it into blocks. Time per step and the driver's peak resident memory.
 
 Timings are wall time from the pipeline's start (actors' start-up included, listing excluded).
-Usage: ``python bench/build.py [--sections scaling memory listing storage] [--shapes 240]``
+Usage: ``python bench/build.py [--sections scaling memory listing storage objaverse] [--shapes 240]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import gzip
 import json
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +157,7 @@ def ray_run(name: str, cfg: BuildConfig) -> dict:
 def scaling(args: argparse.Namespace) -> list[dict]:
     out = f"{args.out}/scaling"
     runs = [loop_baseline(config(out, args.shapes, 1, args.shape_cpus))]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     for workers in (1, 2, 4):
         cfg = config(out, args.shapes, workers, args.shape_cpus)
         runs.append(ray_run(f"Ray, {workers} shape worker(s) x {args.shape_cpus / workers:g} CPU", cfg))
@@ -193,7 +201,7 @@ def cluster_run(args: argparse.Namespace, out: str) -> dict:
 def memory(args: argparse.Namespace) -> dict:
     out = f"{args.out}/memory"
     cfg = config(out, args.memory_shapes, 2, args.shape_cpus, resources={"object_store_gib": args.bound_gib})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     idle = object_store_used()
     with Sampler(object_store_used) as store:
         run = ray_run("memory", cfg)
@@ -214,7 +222,7 @@ def memory(args: argparse.Namespace) -> dict:
 def listing(args: argparse.Namespace) -> dict:
     """List ``--listing-rows`` procedural shapes, plan them and let Ray Data cut the listing into blocks."""
     process = psutil.Process()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     base_rss = process.memory_info().rss
     cfg = BuildConfig(output=f"{args.out}/listing", source=SourceConfig(num_shapes=args.listing_rows))
     shutil.rmtree(cfg.output, ignore_errors=True)
@@ -276,7 +284,7 @@ def openshape_bytes(out: Path, folder: Path, limit: int = 16) -> float:
 
 def storage(args: argparse.Namespace) -> dict:
     out = Path(f"{args.out}/storage")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_run("storage", config(str(out), 64, 1, args.shape_cpus))
     ray.shutdown()
     disk = sum(p.stat().st_size for p in (out / "shards").glob("*.parquet")) / 64
@@ -287,7 +295,118 @@ def storage(args: argparse.Namespace) -> dict:
     return {"bytes_per_shape": disk, "openshape_bytes_per_shape": npy}
 
 
-SECTIONS = {"scaling": scaling, "memory": memory, "listing": listing, "storage": storage}
+def make_objaverse_fixture(root: Path, num_uids: int, num_lvis: int, seed: int = 0) -> None:
+    """Objaverse 1.0's annotation files for ``num_uids`` generated uids, in the Hugging Face layout
+    (``pipelines.objaverse``): object-paths, one metadata file per shard, the LVIS annotations."""
+    done = root / f".made-{num_uids}-{num_lvis}-{seed}"
+    if done.exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "metadata").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    uids = [f"{v:032x}" for v in rng.integers(0, 2**63, size=(num_uids,), dtype=np.int64) * 7919 + 17]
+    shards = np.array_split(np.arange(num_uids), 160)
+    words = ["chair", "wooden", "old", "lowpoly", "car", "tree", "lamp", "scan", "rigged", "game", "asset", "red"]
+    paths = {}
+    for s, members in enumerate(shards):
+        shard = f"000-{s:03d}"
+        meta = {}
+        for i in members:
+            uid = uids[i]
+            paths[uid] = f"glbs/{shard}/{uid}.glb"
+            picks = rng.integers(0, len(words), size=5)
+            meta[uid] = {
+                "uid": uid,
+                "name": f"{words[picks[0]]} {words[picks[1]]} {i}",
+                "tags": [{"name": words[k]} for k in picks[2:]],
+                "categories": [{"name": words[picks[0]]}],
+                "description": f"A {words[picks[1]]} {words[picks[0]]} model, number {i}.",
+                "license": "by",
+            }
+        with gzip.open(root / "metadata" / f"{shard}.json.gz", "wt") as f:
+            json.dump(meta, f)
+    with gzip.open(root / "object-paths.json.gz", "wt") as f:
+        json.dump(paths, f)
+    lvis: dict[str, list[str]] = {}
+    for n, i in enumerate(rng.choice(num_uids, size=num_lvis, replace=False)):
+        lvis.setdefault(f"category_{n % 1156}", []).append(uids[i])
+    with gzip.open(root / "lvis-annotations.json.gz", "wt") as f:
+        json.dump(lvis, f)
+    done.touch()
+
+
+def objaverse(args: argparse.Namespace) -> dict:
+    """List the Objaverse fixture as a build does, against an existing build of ``--objaverse-done`` uids."""
+    root = Path(args.out) / "objaverse-fixture"
+    start = time.perf_counter()
+    make_objaverse_fixture(root, args.objaverse_uids, args.objaverse_lvis)
+    made_s = time.perf_counter() - start
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    output = f"{args.out}/objaverse-build"
+    shutil.rmtree(output, ignore_errors=True)
+    # the existing build: the first shards' uids as rows (only the uid column is read to skip them)
+    with gzip.open(root / "object-paths.json.gz", "rt") as f:
+        built = sorted(json.load(f))[: args.objaverse_done]
+    os.makedirs(f"{output}/shards")
+    pq.write_table(pa.table({"uid": built}), f"{output}/shards/existing.parquet")
+    del built
+    process = psutil.Process()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    base_rss = process.memory_info().rss
+    source = SourceConfig(kind="objaverse", base_url=url, lvis="exclude", cache_dir=f"{args.out}/objaverse-cache")
+    shutil.rmtree(source.cache_dir, ignore_errors=True)
+    cfg = BuildConfig(output=output, source=source)
+    store = BuildStore(cfg.output)
+    renders_views(cfg.teacher, cfg.num_views)  # import the teacher registry before the clock starts
+    times = {}
+    with Sampler(lambda: process.memory_info().rss) as rss:
+        start = time.perf_counter()
+        done = store.done_uids()
+        times["done_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        refs = select(list_shapes(cfg.source, cfg.output), done, cfg.shard, None)
+        path, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA)
+        times["list_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        plan = plan_build(cfg, total)
+        times["plan_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        blocks = rows = 0
+        for bundle in listing_dataset(
+            store, path, plan.rows_per_block, cfg.resources.read_cpus
+        ).iter_internal_ref_bundles():
+            blocks += len(bundle.blocks)
+            rows += bundle.num_rows()
+        times["split_s"] = time.perf_counter() - start
+    ray.shutdown()
+    server.shutdown()
+    annotations = sum(p.stat().st_size for p in root.rglob("*.json.gz"))
+    run = {"uids": args.objaverse_uids, "lvis": args.objaverse_lvis, "already_built": len(done), "listed": total}
+    run |= {"rows": rows, "blocks": blocks, "rows_per_block": plan.rows_per_block, "annotation_bytes": annotations}
+    run |= times | {"fixture_s": made_s, "driver_rss_before": base_rss, "driver_rss_peak": rss.peak}
+    print(f"\n# build listing: Objaverse fixture of {args.objaverse_uids:,} uids on a local server, on {machine()}")
+    print(
+        "| uids | LVIS dropped | already built | listed | annotations (gz) | read build | "
+        "download + parse + list + write | plan | cut into blocks | blocks | driver RSS before | peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.objaverse_uids:,} | {args.objaverse_lvis:,} | {len(done):,} | {total:,} | "
+        f"{annotations / 2**20:.0f} MiB | {times['done_s']:.1f} s | {times['list_s']:.1f} s | "
+        f"{times['plan_s'] * 1e3:.1f} ms | {times['split_s']:.1f} s | {blocks:,} of {plan.rows_per_block} | "
+        f"{base_rss / 2**30:.2f} GiB | {rss.peak / 2**30:.2f} GiB |"
+    )
+    return run
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+SECTIONS = {"scaling": scaling, "memory": memory, "listing": listing, "storage": storage, "objaverse": objaverse}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -298,6 +417,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--memory-shapes", type=int, default=4000)
     ap.add_argument("--bound-gib", type=float, default=0.25, help="resources.object_store_gib of the memory run")
     ap.add_argument("--listing-rows", type=int, default=1_000_000)
+    ap.add_argument("--objaverse-uids", type=int, default=800_000, help="uids of the generated Objaverse fixture")
+    ap.add_argument("--objaverse-lvis", type=int, default=46_000, help="of them in the LVIS annotations")
+    ap.add_argument("--objaverse-done", type=int, default=100_000, help="of them already in the existing build")
     ap.add_argument("--out", default="/tmp/uni3d-bench-build")
     args = ap.parse_args(argv)
     results = {name: SECTIONS[name](args) for name in args.sections}

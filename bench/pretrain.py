@@ -7,7 +7,10 @@ Arrow and slices batches from it: no I/O, no processes, no collectives; it is th
 distributed path is measured against. Ray runs use ``--workers`` CPU workers and are timed from
 their metrics log after the first window (start-up excluded; epoch restarts and checkpoints included).
 
-Usage: ``python bench/pretrain.py [--shapes 640] [--steps 60] [--model micro]``
+``--reporting``: instead, the wall time per step of a run that reports every step (``log_every=1``) with
+Ray's default report collection interval (2 s) and with ours (``report_poll_s``, 0.25 s).
+
+Usage: ``python bench/pretrain.py [--shapes 640] [--steps 60] [--model micro] [--reporting]``
 """
 
 from __future__ import annotations
@@ -85,6 +88,29 @@ def ray_run(data: Path, storage: Path, name: str, model_name: str, workers: int,
     return samples / elapsed, wait / elapsed, result.total_steps
 
 
+def reporting(data: Path, storage: Path, args: argparse.Namespace) -> None:
+    """Seconds per step, wall clock, of runs that report every step, by report collection interval."""
+    rows = []
+    for poll in (2.0, 0.25):
+        name = f"report-{poll}"
+        shutil.rmtree(storage / name, ignore_errors=True)
+        fields = {"model": args.model, "num_workers": args.workers, "batch_size": args.batch, "epochs": 100}
+        fields |= {"storage": str(storage), "name": name, "eval_every": 0, "holdout_fraction": 0.0}
+        fields |= {"log_every": 1, "checkpoint_every": 10**9, "until_step": args.steps, "report_poll_s": poll}
+        start = time.perf_counter()
+        result = run_pretrain(make_config(str(data), "cpu", fields), verbose=False)
+        total = time.perf_counter() - start
+        assert result.step == args.steps, result.error
+        log = [json.loads(line) for line in (storage / name / "metrics.jsonl").read_text().splitlines()]
+        wall = (log[-1]["time"] - log[0]["time"]) / (len(log) - 1)  # steps after the first
+        compute = sum(args.batch * args.workers / m["samples_per_s"] for m in log[1:]) / (len(log) - 1)
+        rows.append((poll, wall, compute, total))
+    print("\n| report collection interval | s / step, wall clock | s / step, compute | whole run (s) |")
+    print("|---|---|---|---|")
+    for poll, wall, compute, total in rows:
+        print(f"| {poll:g} s | {wall:.2f} | {compute:.2f} | {total:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", type=int, default=640)
@@ -94,11 +120,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="per worker; the bare loop takes workers x batch")
     ap.add_argument("--out", default="/tmp/uni3d-bench-pretrain")
+    ap.add_argument("--reporting", action="store_true", help="time runs reporting every step (module docstring)")
     args = ap.parse_args()
     out = Path(args.out)
-    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
     data = build(out / "build", args.shapes, args.points)
     print(machine())
+    if args.reporting:
+        reporting(data, out / "runs", args)
+        return
     bare = bare_loop(data, args.model, args.workers * args.batch, args.steps, threads=2)
     print(f"bare single-process loop, batch {args.workers * args.batch}: {bare:.2f} samples/s")
     rows = []

@@ -5,7 +5,9 @@
     python jobs/build_dataset.py --out data/procedural --limit 100      # starts a local Ray
 
 A re-run with the same ``--out`` resumes: shapes already written (or recorded as failures) are
-skipped. ``--shard i/n`` builds one slice of the uids, for splitting a build across jobs.
+skipped; with ``--retry-failures`` it builds again those whose failure may pass (a fetch out of retries,
+the teacher, the shard writer), while broken meshes and refused input data stay failures (docs/dataset.md).
+``--shard i/n`` builds one slice of the uids, for splitting a build across jobs.
 Any field of ``pipelines.config.BuildConfig`` (listed below) can be set with ``--set key=value`` or in a
 YAML file given with ``--config``; ``--print-config`` prints the resolved config in that form.
 """
@@ -18,10 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import ray  # noqa: E402
 
 from pipelines.build import run_build  # noqa: E402
 from pipelines.config import BuildConfig  # noqa: E402
+from pipelines.ray_connect import connect  # noqa: E402
 from pipelines.settings import ConfigError, add_config_arguments, cli_layers, resolve, to_yaml, usage_error  # noqa: E402
 
 
@@ -33,6 +35,12 @@ def parse_args(argv: list[str] | None) -> tuple[BuildConfig, argparse.Namespace]
     ap.add_argument("--teacher", help="minilm (default) | openclip | openclip:<arch>/<tag> | openclip:<arch>@<file>")
     ap.add_argument("--limit", type=int, help="build at most N new shapes")
     ap.add_argument("--shard", help="i/n: build slice i of n of the uids (default 0/1)")
+    ap.add_argument(
+        "--retry-failures",
+        action="store_true",
+        default=None,  # absent: the config's retry_failures stands
+        help="build again the recorded failures that may pass (fetch, teacher, shard write); broken meshes stay",
+    )
     add_config_arguments(ap, BuildConfig, "override any BuildConfig field (below), e.g. source.num_shapes=1200")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
     args = ap.parse_args(argv)
@@ -41,6 +49,7 @@ def parse_args(argv: list[str] | None) -> tuple[BuildConfig, argparse.Namespace]
         "teacher": args.teacher,
         "limit": args.limit,
         "shard": args.shard,
+        "retry_failures": args.retry_failures,
         "source": {"kind": args.source, "root": args.root},
     }
     required = {"output": "give --out DIR (or output: in --config)"}
@@ -55,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    connect(args.address)
     report = run_build(cfg)
     return 0 if report.manifest.num_shapes else 1
 

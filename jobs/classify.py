@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import uni3d  # noqa: E402
 from pipelines.evaluation import EvalConfig, resolve_teacher  # noqa: E402
 from pipelines.query import mesh_points, parse_labels, what_is_this  # noqa: E402
+from pipelines.storage import Location, local_copy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     labels = parse_labels(args.labels, args.labels_file, args.classes)
-    if not os.path.exists(args.checkpoint):
+    if not Location.of(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
-    model = uni3d.load_checkpoint(args.checkpoint)
-    teacher_name = resolve_teacher(EvalConfig(checkpoint=args.checkpoint, teacher=args.teacher))
+    with local_copy(args.checkpoint) as checkpoint:  # a URI is copied here for the load
+        model = uni3d.load_checkpoint(checkpoint)
+        teacher_name = resolve_teacher(EvalConfig(checkpoint=str(checkpoint), teacher=args.teacher))
     extra = {"text_only": True} if teacher_name.startswith("openclip:") else {}
     teacher = uni3d.build_teacher(uni3d.parse_teacher(teacher_name, **extra))
     points = mesh_points(args.mesh, args.num_points, args.up_axis)

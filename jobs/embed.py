@@ -20,10 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import ray  # noqa: E402
 
 from pipelines.config import apply_overrides  # noqa: E402
 from pipelines.gallery import EmbedConfig, run_embed  # noqa: E402
+from pipelines.ray_connect import connect  # noqa: E402
 from pipelines.settings import ConfigError, usage_error  # noqa: E402
 
 
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, args = parse_args(argv)
     except ConfigError as exc:
         return usage_error(exc)
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    connect(args.address)
     run_embed(cfg)
     return 0
 

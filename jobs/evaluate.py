@@ -21,9 +21,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import ray  # noqa: E402
 
 from pipelines.evaluation import EvalConfig, run_evaluation  # noqa: E402
+from pipelines.ray_connect import connect  # noqa: E402
 from pipelines.settings import ConfigError, add_config_arguments, cli_layers, resolve, to_yaml, usage_error  # noqa: E402
 
 
@@ -33,7 +33,12 @@ def parse_args(argv: list[str] | None) -> tuple[EvalConfig, argparse.Namespace]:
     ap.add_argument("--sets", nargs="+", help="benchmark names or build folders (default: modelnet40)")
     ap.add_argument("--root", help="folder with modelnet40/, scanobjectnn/, objaverse_lvis/ (default: data/eval)")
     ap.add_argument("--teacher", help="text teacher spec; default: the one the checkpoint records")
-    ap.add_argument("--few-shot", action="store_true", default=None, help="also the 1/2/4/8/16-shot linear probe")
+    ap.add_argument(
+        "--few-shot",
+        action="store_true",
+        default=None,
+        help="also OpenShape's 1/2/4/8/16-shot linear probe (shots drawn from each set, tested on its rest)",
+    )
     ap.add_argument("--out", help="results folder (default: <checkpoint>/eval)")
     add_config_arguments(ap, EvalConfig, "override any EvalConfig field (below), e.g. num_workers=4")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
@@ -58,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    connect(args.address)
     run_evaluation(cfg)
     return 0
 

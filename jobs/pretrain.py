@@ -1,4 +1,4 @@
-"""Pretrain a Uni3D encoder on a built dataset with Ray Train and DeepSpeed (Uni3D spec §5–6).
+"""Pretrain a Uni3D encoder on a built dataset with Ray Train and DeepSpeed (docs/method.md §5–6).
 
     python jobs/pretrain.py --data data/procedural                        # the cpu recipe, a local Ray
     python jobs/pretrain.py --data data/procedural --set strategy=ddp --set epochs=8
@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 
+from pipelines.ray_connect import connect  # noqa: E402
 from pipelines.recipes import recipe_names  # noqa: E402
 from pipelines.settings import ConfigError, add_config_arguments, to_yaml, usage_error  # noqa: E402
 from pipelines.trainer import run_pretrain  # noqa: E402
@@ -62,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    connect(args.address)
     try:
         result = run_pretrain(cfg)
     except ray.train.TrainingFailedError as exc:

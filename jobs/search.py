@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import uni3d  # noqa: E402
 from pipelines.gallery import read_gallery  # noqa: E402
 from pipelines.query import check_dims, contact_sheet, embed_points, gallery_points, mesh_points, recall_report  # noqa: E402
+from pipelines.storage import local_copy  # noqa: E402
 from uni3d.retrieval import search  # noqa: E402
 
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if not checkpoint:
             raise ValueError("the gallery does not record its checkpoint: pass --checkpoint")
         points = mesh_points([args.mesh], args.num_points)
-        q, title = embed_points(uni3d.load_checkpoint(checkpoint), points), os.path.basename(args.mesh)
+        with local_copy(checkpoint) as folder:  # a URI is copied here for the load
+            model = uni3d.load_checkpoint(folder)
+        q, title = embed_points(model, points), os.path.basename(args.mesh)
         points = points[0]
     else:
         teacher, name = _teacher(args.teacher or gallery.teacher, image=bool(args.image))

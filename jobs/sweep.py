@@ -23,8 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import ray  # noqa: E402
 
+from pipelines.ray_connect import connect  # noqa: E402
 from pipelines.settings import (  # noqa: E402
     ConfigError,
     Layer,
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         plan_sweep(cfg, sets)  # every check that needs no cluster, before Ray starts
     except ConfigError as exc:
         return usage_error(exc)
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    connect(args.address)
     from pipelines.sweep import run_sweep
 
     try:

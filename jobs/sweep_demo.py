@@ -25,6 +25,7 @@ import ray  # noqa: E402
 
 from pipelines.build import run_build  # noqa: E402
 from pipelines.config import BuildConfig, SourceConfig  # noqa: E402
+from pipelines.ray_connect import connect  # noqa: E402
 from pipelines.settings import CONFIG_ROOT, ConfigError, file_layer, resolve, set_layers, usage_error  # noqa: E402
 from pipelines.sweep_space import SweepConfig  # noqa: E402
 
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         main_sweep = resolve(SweepConfig, [file_layer(CONFIG_ROOT / "sweeps" / "demo.yaml")])
     except ConfigError as exc:
         return usage_error(exc)
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    connect(args.address, worker_logs=False)  # the demo prints its own progress; errors still raise here
     ray.data.DataContext.get_current().enable_progress_bars = False
     from pipelines.sweep import run_sweep
 

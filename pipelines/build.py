@@ -9,6 +9,10 @@ in flight within the object-store budget, on a 2-core laptop or a cluster of CPU
 Nothing is collected on the driver but one small summary row per shape, reduced as it arrives into
 progress lines, the manifest and the run's stats (which actor and node did each stage, when the
 first shard landed, Ray Data's own ``Dataset.stats()``) under ``stats/``.
+
+A re-run skips every shape written or recorded as a failure; with ``retry_failures`` it builds again the
+failures that may pass (``pipelines.schema.failure_is_transient``), whose rows it first removes, so that
+each shape ends up once, in a shard or in the failures table.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from pipelines import faults
 from pipelines.build_io import BuildStore
 from pipelines.build_plan import BlockPlan, bytes_per_shape, plan_blocks
 from pipelines.config import BuildConfig, parse_shard
-from pipelines.schema import FAILURES_SCHEMA, Manifest
+from pipelines.schema import FAILURES_SCHEMA, SCHEMA_VERSION, Manifest, failure_is_transient
 from pipelines.shapes import ShapeRef
 from pipelines.sources import list_shapes, objaverse_config
 from pipelines.stages import LISTING_SCHEMA, Embedder, ShapeWorker, write_shards
+from pipelines.storage import Location
 
 
 @dataclass
@@ -58,6 +64,27 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> summed wall time over shapes
     wall_s: float = 0.0  # pipeline wall time, listing excluded
     stats: BuildStats = field(default_factory=BuildStats)
+    retried: dict[str, int] = field(default_factory=dict)  # stage of the earlier failure -> shapes built again
+
+
+@dataclass
+class Resume:
+    """What earlier runs left: the uids this run skips, and the failures it may build again."""
+
+    done: set[str]  # written, or failed and not to be retried
+    retry: dict[str, str]  # uid -> stage of its transient failure; empty unless retry_failures
+    transient: int  # transient failures recorded (not written since)
+    permanent: int  # the other failures recorded
+
+
+def resume_state(store: BuildStore, retry_failures: bool) -> Resume:
+    """Read the shards' uids and the failures table, classifying each failure as transient or permanent."""
+    written = store.shard_uids()
+    failed = [row for row in store.failure_rows() if row["uid"] not in written]
+    transient = {row["uid"]: row["stage"] for row in failed if failure_is_transient(row)}
+    retry = transient if retry_failures else {}
+    done = written | {row["uid"] for row in failed if row["uid"] not in retry}
+    return Resume(done, retry, len(transient), len(failed) - len(transient))
 
 
 def in_shard(uid: str, index: int, count: int) -> bool:
@@ -94,6 +121,12 @@ def check_same_build(store: BuildStore, cfg: BuildConfig) -> None:
     if not store.shard_files():
         return
     previous = json.loads(store.fs.open_input_stream(store.path("_work", "build.json")).read().decode())
+    version = previous.get("schema_version", 1)
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{cfg.output} holds a schema version {version} build; this code writes version {SCHEMA_VERSION} "
+            "(text groups, docs/dataset.md). Its shards still train and evaluate; build into another output path."
+        )
     for key in ("teacher", "num_points"):
         if previous.get(key) != getattr(cfg, key):
             raise ValueError(
@@ -151,27 +184,60 @@ def run_build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildRepo
     check_same_build(store, cfg)
     store.fs.create_dir(store.path("_work"), recursive=True)
     with store.fs.open_output_stream(store.path("_work", "build.json")) as f:
-        f.write(json.dumps(cfg.to_dict(), indent=2).encode())
+        f.write(json.dumps(cfg.to_dict() | {"schema_version": SCHEMA_VERSION}, indent=2).encode())
 
-    done = store.done_uids()
-    refs = select(list_shapes(cfg.source, cfg.output), done, cfg.shard, cfg.limit)
-    listing, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA, chunk=10_000)
+    resume = resume_state(store, cfg.retry_failures)
+    refs = select(list_shapes(cfg.source, cfg.output), resume.done, cfg.shard, cfg.limit)
+    retried: dict[str, str] = {}  # uid -> stage: the failures this run's listing takes
+
+    def rows(refs: Iterable[ShapeRef]) -> Iterator[dict]:
+        for ref in refs:
+            if ref.uid in resume.retry:
+                retried[ref.uid] = resume.retry[ref.uid]
+            yield ref.to_row()
+
+    listing, total = store.write_listing(rows(refs), LISTING_SCHEMA, chunk=10_000)
+    store.drop_failures(set(retried))  # before the pipeline: each retried shape lands once, as a row or a failure
     log(
-        f"[build] {total} shapes to build ({len(done)} already in {cfg.output}), source={cfg.source.kind}, "
+        f"[build] {total} shapes to build ({len(resume.done)} already in {cfg.output}), source={cfg.source.kind}, "
         f"teacher={cfg.teacher}"
     )
+    by_stage = Counter(retried.values())
+    log_retries(resume, by_stage, cfg.retry_failures, log)
     stats = BuildStats()
     summary: dict = {"failures": Counter(), "seconds": Counter(), "n": 0}
     if total:
         plan = plan_build(cfg, total)
         log(f"[build] plan: {plan.describe()}")
         summary, stats = _run(cfg, store, listing, plan, log)
+        summary["retried"] = dict(by_stage)
         _write_stats(store, cfg, summary, stats)
     store.remove(listing)
     manifest = _finish(cfg, store, summary, log)
     return BuildReport(
-        manifest, summary["n"], dict(summary["failures"]), dict(summary["seconds"]), summary.get("wall", 0.0), stats
+        manifest,
+        summary["n"],
+        dict(summary["failures"]),
+        dict(summary["seconds"]),
+        summary.get("wall", 0.0),
+        stats,
+        dict(by_stage),
     )
+
+
+def log_retries(resume: Resume, retried: Counter[str], retry_failures: bool, log: Callable[[str], None]) -> None:
+    """Say which failures this run builds again, or that a re-run could."""
+    if retry_failures:
+        count = sum(retried.values())
+        by_stage = f" ({', '.join(f'{stage}: {n}' for stage, n in sorted(retried.items()))})" if count else ""
+        left = resume.transient - count  # outside this run's --shard or --limit
+        later = f"; {left} transient failures left to other runs (--shard, --limit)" if left else ""
+        log(f"[build] retrying {count} transient failures{by_stage}; {resume.permanent} permanent failures kept{later}")
+    elif resume.transient:
+        log(
+            f"[build] {resume.transient} of {resume.transient + resume.permanent} recorded failures may pass on a "
+            "re-run (fetch, teacher, shard write): --retry-failures builds them again"
+        )
 
 
 def listing_dataset(store: BuildStore, listing: str, rows_per_block: int, read_cpus: float) -> ray.data.Dataset:
@@ -190,6 +256,7 @@ def _pipeline(cfg: BuildConfig, store: BuildStore, listing: str, plan: BlockPlan
     context = {"teacher_name": None, "up_axis": cfg.source.up_axis}
     if cfg.source.kind == "objaverse":
         context["objaverse"] = objaverse_config(cfg.source, cfg.output)
+        context["keep_downloads"] = cfg.source.keep_downloads
     num_views = renders_views(cfg.teacher, cfg.num_views)
     ds = listing_dataset(store, listing, plan.rows_per_block, res.read_cpus)
     ds = ds.map_batches(
@@ -224,7 +291,7 @@ def _pipeline(cfg: BuildConfig, store: BuildStore, listing: str, plan: BlockPlan
         write_shards,
         batch_format="pyarrow",
         batch_size=cfg.rows_per_shard,
-        fn_kwargs=dict(output=cfg.output),
+        fn_kwargs=dict(output=cfg.output, fault=faults.writer_fault() or None),  # tests only: $UNI3D_FAULTS
         num_cpus=res.writer_cpus,
     )
     # Blocks keep the listing's order through the pools, so the same listing gives the same shards
@@ -256,6 +323,7 @@ def _run(
             nodes[stage].update(w for w in batch.column(f"{stage}_node").to_pylist() if w)
         shaped_at.append(batch.column("shape_done_at").to_numpy(zero_copy_only=False))
         shards.update(batch.column("shard").to_pylist())
+        faults.after_shards(len(shards), lambda name: Location.of(cfg.output) / "_work" / name)  # $UNI3D_FAULTS
         first_written = min(first_written, pc.min(batch.column("written_at")).as_py())
         last_written = max(last_written, pc.max(batch.column("written_at")).as_py())
         now = time.perf_counter()
@@ -290,6 +358,7 @@ def _write_stats(store: BuildStore, cfg: BuildConfig, summary: dict, stats: Buil
         "wall_s": summary["wall"],
         "failures": dict(summary["failures"]),
         "seconds_per_stage": dict(summary["seconds"]),
+        "retried": summary.get("retried", {}),  # stage of the earlier failure -> shapes built again
         **{k: v for k, v in asdict(stats).items() if k != "ray_data"},
         "config": cfg.to_dict(),
     }

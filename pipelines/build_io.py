@@ -5,6 +5,8 @@ Layout (docs/dataset.md): ``shards/part-<hash>.parquet`` (rows of ``pipelines.sc
 listing of the current run). A shard's name is a hash of the uids of its batch, and it appears
 whole or not at all (written to a temporary name, then renamed; object stores publish whole
 objects), so a killed job leaves no partial shard and a re-run skips exactly the uids written.
+A shape is in a shard, in a failures file, or in neither (then the next run builds it); a run that
+retries failures removes their rows before it builds them again (``drop_failures``), which keeps it so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -60,10 +63,42 @@ class BuildStore:
 
     def done_uids(self) -> set[str]:
         """uids already written as rows or as failures: a re-run skips them."""
+        return self.shard_uids() | {row["uid"] for row in self.failure_rows()}
+
+    def shard_uids(self) -> set[str]:
+        """uids written as rows."""
         done: set[str] = set()
-        for path in self.shard_files() + self.failure_files():
+        for path in self.shard_files():
             done.update(pq.read_table(path, columns=["uid"], filesystem=self.fs).column("uid").to_pylist())
         return done
+
+    def read_failures(self, path: str) -> pa.Table:
+        """One failures file as ``FAILURES_SCHEMA``; a column added since it was written (``transient``) is null."""
+        return pq.read_table(path, filesystem=self.fs, schema=FAILURES_SCHEMA)
+
+    def failure_rows(self) -> list[dict[str, Any]]:
+        """Every recorded failure, one dict of ``FAILURES_SCHEMA`` columns per shape."""
+        return [row for path in self.failure_files() for row in self.read_failures(path).to_pylist()]
+
+    def drop_failures(self, uids: set[str]) -> int:
+        """Remove the failure rows of ``uids``, shapes this run builds again; returns how many were removed.
+
+        Each file holding some is rewritten atomically without them (deleted when none are left), so a
+        kill midway leaves those shapes in no table and the next run builds them, as any new shape.
+        """
+        wanted = pa.array(sorted(uids), pa.string())
+        removed = 0
+        for path in self.failure_files():
+            table = self.read_failures(path)
+            kept = table.filter(pc.invert(pc.is_in(table.column("uid"), value_set=wanted)))
+            if kept.num_rows == table.num_rows:
+                continue
+            removed += table.num_rows - kept.num_rows
+            if kept.num_rows:
+                self.write_table(kept, FAILURES, path.rsplit("/", 1)[-1].removesuffix(".parquet"))
+            else:
+                self.fs.delete_file(path)
+        return removed
 
     def write_table(self, table: pa.Table, folder: str, name: str, **options: Any) -> None:
         """Write ``<folder>/<name>.parquet`` atomically (local: rename of a temporary file)."""

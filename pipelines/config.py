@@ -32,8 +32,15 @@ class SourceConfig:
     download_concurrency: int = 8  # parallel downloads per shape worker
     download_retries: int = 6  # retries on 429 / 5xx / timeouts / truncated bodies, exponential backoff
     download_timeout_s: float = 60.0
+    # where GLBs and annotations are downloaded, on each node: "" = <output>/cache/objaverse for a local
+    # output, else node-local scratch ($UNI3D_CACHE, else ~/.cache/uni3d)/objaverse
+    cache_dir: str = ""
+    keep_downloads: bool = True  # false: each GLB is deleted once its shape is loaded (a re-run fetches it again)
     # openshape
     split: str = "train_all.json"
+    # names of Objaverse shapes flagged by OpenShape's gpt4_filtering.json are dropped, as the official code does:
+    # auto = root/meta_data/gpt4_filtering.json (required when the split has Objaverse shapes) | a path | none
+    text_filter: str = "auto"
 
 
 @dataclass
@@ -78,6 +85,9 @@ class BuildConfig:
     rows_per_shard: int = 64  # bounded shard size: rows per Parquet file
     limit: int | None = None  # build at most this many new shapes
     shard: str = "0/1"  # i/n: this run builds the uids whose hash falls in slice i of n
+    # Build again the recorded failures that may pass (a fetch that ran out of retries, the teacher, the shard
+    # writer; docs/dataset.md "Failures"); broken meshes and refused input data stay failures.
+    retry_failures: bool = False
     seed: int = 0  # point sampling seed (per shape: seed + a hash of its uid)
     progress_every_s: float = 10.0
     source: SourceConfig = field(default_factory=SourceConfig)

@@ -1,7 +1,7 @@
 """Robust HTTP downloads into a local cache: bounded concurrency, retries with backoff, atomic writes.
 
 Written for many small files from a rate-limited hub (Objaverse GLBs on Hugging Face answer HTTP 429
-when hit hard; see PLATFORM.md "Objaverse"). ``Downloader.fetch(rel_path)`` maps ``rel_path`` to
+when hit hard; set HF_TOKEN for higher limits). ``Downloader.fetch(rel_path)`` maps ``rel_path`` to
 ``<base_url>/<rel_path>`` and to ``<cache_dir>/<rel_path>`` (the cache mirrors the remote layout):
 
 - a cached file is returned without any request (a cached GLB is first checked to be whole: its
@@ -61,6 +61,18 @@ class DownloadConfig:
             raise ValueError(f"need max_concurrency >= 1 and retries >= 0, got {self.max_concurrency}, {self.retries}")
         if self.backoff_base_s < 0 or self.backoff_max_s < 0 or self.timeout_s <= 0:
             raise ValueError("backoff_base_s and backoff_max_s must be >= 0 and timeout_s > 0")
+
+
+def request_headers(url: str) -> dict[str, str]:
+    """``HF_TOKEN`` goes to the hub (and to the ``HF_ENDPOINT`` mirror) only, never to other hosts:
+    anonymous requests get low rate limits there."""
+    headers = {"User-Agent": USER_AGENT}
+    token = os.environ.get("HF_TOKEN", "").strip()
+    host = urllib.parse.urlsplit(url).hostname or ""
+    hub_hosts = {"huggingface.co", urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "")).hostname or ""} - {""}
+    if token and (host in hub_hosts or host.endswith(".huggingface.co")):
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 class DownloadError(RuntimeError):
@@ -150,7 +162,7 @@ class Downloader:
 
     def _attempt(self, url: str, dest: Path) -> None:
         tmp = dest.with_name(f"{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        request = urllib.request.Request(url, headers=request_headers(url))
         try:
             with self._slots, self._opener.open(request, timeout=self.cfg.timeout_s) as response:
                 expected = response.headers.get("Content-Length")

@@ -1,11 +1,11 @@
-"""Zero-shot test sets read from the official files (Uni3D spec §8) and from our own builds, without Ray.
+"""Zero-shot test sets read from the official files (docs/method.md §8) and from our own builds, without Ray.
 
 An ``EvalSet`` is a table of items (``uid``, ``label``, and either ``points``: the ``(N, 6)`` float32 cloud
 as bytes, or ``path``: an OpenShape ``.npy`` loaded when embedded) plus the class names in label order.
 
 - ModelNet40: ``modelnet40/test_pc.npy`` (object array of dicts with ``xyz`` (10000, 3), ``rgb``),
   ``modelnet40/test_split.json`` (``[{category, name}]``, aligned with it) and
-  ``modelnet40/modelnet40_shape_names.txt`` (class order). No colour: rgb is 0.4 (spec §1).
+  ``modelnet40/modelnet40_shape_names.txt`` (class order). No colour: rgb is 0.4 (docs/method.md §1).
 - ScanObjectNN OBJ_ONLY: ``scanobjectnn/xyz_label.npy`` (a dict with ``xyz``, a list of (2048, 3), and
   ``label``), the 15 classes in their standard order. No colour.
 - Objaverse-LVIS: ``objaverse_lvis/lvis_testset.txt`` (lines ``cate_id,cate_name,model_id,relative_npy_path``)
@@ -13,13 +13,25 @@ as bytes, or ``path``: an OpenShape ``.npy`` loaded when embedded) plus the clas
 - A build: its labelled held-out split (``pipelines.splits``), or all its labelled rows.
 
 Every file goes through the restricted unpickler of ``pipelines.openshape``; xyz is normalised to the unit
-sphere. Class names are prompted with underscores as spaces ("flower_pot" -> "flower pot").
+sphere.
+
+Prompted names (``EvalSet.prompts``, what the 64 templates receive) are those of the official Uni3D evaluation
+(arXiv 2310.06773; its ``data/labels.json``, read by ``test_zeroshot_3d_core``), so our zero-shot numbers are
+comparable with the papers' tables:
+
+- Objaverse-LVIS: the LVIS names exactly as the test file writes them, underscores and parentheses included
+  ("Band_Aid", "bat_(animal)"); labels.json keeps them so. Its 1,156 names are not shipped here, so the names
+  in ``lvis_testset.txt`` are what is prompted.
+- ModelNet40: labels.json has its own cleaned spelling of the 40 shape names ("flower_pot" -> "flower pot",
+  ``MODELNET40_LABELS``), which is what is prompted; a shape name outside ModelNet40 is an error.
+- ScanObjectNN: the 15 names, which labels.json writes as the class list does.
+- A build: its categories as written, as the held-out zero-shot during training prompts them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +47,15 @@ SCANOBJECTNN_CLASSES = [
     "bag", "bin", "box", "cabinet", "chair", "desk", "display", "door",
     "shelf", "table", "bed", "pillow", "sink", "sofa", "toilet",
 ]  # fmt: skip
+# Uni3D's data/labels.json "modelnet40_openshape", in label order: the prompted spelling of the shape names.
+MODELNET40_LABELS = [
+    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone",
+    "cup", "curtain", "desk", "door", "dresser", "flower pot", "glass box", "guitar", "keyboard", "lamp",
+    "laptop", "mantel", "monitor", "night stand", "person", "piano", "plant", "radio", "range hood", "sink",
+    "sofa", "stairs", "stool", "table", "tent", "toilet", "tv stand", "vase", "wardrobe", "xbox",
+]  # fmt: skip
+# modelnet40_shape_names.txt spells the same names with underscores ("flower_pot").
+MODELNET40_CLASSES = [label.replace(" ", "_") for label in MODELNET40_LABELS]
 
 
 class EvalSetError(ValueError):
@@ -44,15 +65,18 @@ class EvalSetError(ValueError):
 @dataclass
 class EvalSet:
     name: str
-    class_names: list[str]  # label order
+    class_names: list[str]  # label order, as the set's files write them
     items: pa.Table  # uid, label, and points (binary (N, 6) float32) or path (str)
+    prompts: list[str] = field(default_factory=list)  # the names the templates receive; empty: class_names
+    unseen: list[str] = field(default_factory=list)  # builds: classes the checkpoint never trained on
+
+    def __post_init__(self) -> None:
+        self.prompts = list(self.prompts or self.class_names)
+        if len(self.prompts) != len(self.class_names):
+            raise EvalSetError(f"{self.name}: {len(self.prompts)} prompts for {len(self.class_names)} classes")
 
     def __len__(self) -> int:
         return self.items.num_rows
-
-    @property
-    def prompts(self) -> list[str]:
-        return [c.replace("_", " ") for c in self.class_names]
 
 
 def cloud(xyz: Any, rgb: Any | None, where: str) -> np.ndarray:
@@ -91,6 +115,9 @@ def _table(uids: list[str], labels: list[int], clouds: list[np.ndarray] | None =
 def read_modelnet40(root: str | Path) -> EvalSet:
     folder = Path(root) / "modelnet40"
     names = _require(folder / "modelnet40_shape_names.txt", "ModelNet40").read_text().split()
+    unknown = [n for n in names if n not in MODELNET40_CLASSES]
+    if unknown:
+        raise EvalSetError(f"{folder / 'modelnet40_shape_names.txt'}: {unknown[:5]} are not ModelNet40 shape names")
     split = json.loads(_require(folder / "test_split.json", "ModelNet40").read_text())
     data = read_pickled_npy(_require(folder / "test_pc.npy", "ModelNet40"))
     entries = list(np.asarray(data, dtype=object).reshape(-1))
@@ -106,8 +133,9 @@ def read_modelnet40(root: str | Path) -> EvalSet:
             raise EvalSetError(f"{folder / 'test_split.json'} [{i}]: category {meta!r} is not in the shape names")
         uids.append(str(meta.get("name", i)))
         labels.append(index[meta["category"]])
-        clouds.append(cloud(entry["xyz"], None, where))  # no colour (spec §8)
-    return EvalSet("modelnet40", names, _table(uids, labels, clouds))
+        clouds.append(cloud(entry["xyz"], None, where))  # no colour (docs/method.md §8)
+    prompts = [MODELNET40_LABELS[MODELNET40_CLASSES.index(n)] for n in names]  # labels.json spelling
+    return EvalSet("modelnet40", names, _table(uids, labels, clouds), prompts)
 
 
 def read_scanobjectnn(root: str | Path) -> EvalSet:

@@ -1,4 +1,4 @@
-"""Zero-shot and few-shot evaluation of a checkpoint on Ray Data (Uni3D spec §8).
+"""Zero-shot and few-shot evaluation of a checkpoint on Ray Data (docs/method.md §8).
 
 Test shapes are embedded by ``num_workers`` Ray Data actors, each holding the model; the driver gathers
 the ``(N, E)`` embeddings with their labels, so every metric is computed once over all samples (never an
@@ -9,6 +9,7 @@ checkpoint (``<checkpoint>/eval/<set>.*``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import uni3d
 from pipelines.eval_sets import EvalSet, EvalSetError, load_lvis_points, read_benchmark
 from pipelines.schema import decode_points_batch, read_manifest
 from pipelines.splits import keep_holdout
+from pipelines.storage import Location, local_copy, local_output
 from uni3d.fewshot import confusion_matrix, few_shot
 from uni3d.zeroshot import per_class_accuracy, topk_accuracy, zero_shot_logits
 
@@ -55,7 +57,8 @@ class PointEmbedder:
 
     def __init__(self, checkpoint: str, device: str = "auto") -> None:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
-        self.model = uni3d.load_checkpoint(checkpoint).to(self.device).eval()
+        with local_copy(checkpoint) as path:  # a URI is copied to this node for the load
+            self.model = uni3d.load_checkpoint(path).to(self.device).eval()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         points = torch.from_numpy(_points(batch)).to(self.device)
@@ -84,15 +87,20 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
     ds = ray.data.read_parquet(os.path.join(path, "shards")).select_columns(
         ["uid", "category", "num_points", "xyz", "rgb"]
     )
+    # the classifier covers every category of the build, as the held-out zero-shot during training does:
+    # a category without a held-out shape is still a wrong answer the model may give
+    build_names = sorted(c for c in ds.unique("category") if c is not None)
+    unseen: list[str] = []
     if cfg.split == "heldout":
         kwargs = holdout_params(cfg)
+        unseen = kwargs["categories"]
         ds = ds.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=kwargs)
     elif cfg.split != "all":
         raise ValueError(f"split must be heldout or all, got {cfg.split!r}")
     labelled = pa.concat_tables([t for t in ray.get(ds.select_columns(["uid", "category"]).to_arrow_refs())])
     labelled = labelled.filter(pc.is_valid(labelled.column("category")))
-    class_names = sorted(set(labelled.column("category").to_pylist()))
-    if len(class_names) < 2:
+    class_names = build_names
+    if labelled.num_rows == 0 or len(class_names) < 2:
         raise EvalSetError(
             f"{path}: the {cfg.split} split has {labelled.num_rows} labelled shapes in "
             f"{len(class_names)} categories; zero-shot needs at least two"
@@ -105,19 +113,22 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
         return batch.append_column("label", labels)
 
     items = labelled.append_column("label", pa.array([index[c] for c in labelled.column("category").to_pylist()]))
-    return EvalSet(Path(path).name, class_names, items), ds.map_batches(label, batch_format="pyarrow")
+    es = EvalSet(Location.of(path).name, class_names, items, unseen=[c for c in unseen if c in class_names])
+    return es, ds.map_batches(label, batch_format="pyarrow")
 
 
 def holdout_params(cfg: EvalConfig) -> dict[str, Any]:
-    """The held-out split the checkpoint was pretrained with (recorded in its meta), unless set."""
+    """The held-out split the checkpoint was pretrained with (recorded in its meta), unless set: its hashed
+    fraction of uids and every shape of its ``holdout_categories``."""
     train: dict[str, Any] = {}
     if Path(cfg.checkpoint).is_dir():
         train = uni3d.read_checkpoint_config(cfg.checkpoint).get("meta", {}).get("train") or {}
     fraction = cfg.holdout_fraction if cfg.holdout_fraction >= 0 else float(train.get("holdout_fraction", 0.05))
     seed = cfg.holdout_seed if cfg.holdout_seed >= 0 else int(train.get("seed", 4096))
-    if fraction <= 0:
+    categories = list(train.get("holdout_categories") or [])  # never trained on: part of the held-out split
+    if fraction <= 0 and not categories:
         raise ValueError(f"{cfg.checkpoint} was trained without a held-out split; evaluate with --set split=all")
-    return {"fraction": fraction, "seed": seed}
+    return {"fraction": fraction, "seed": seed, "categories": categories}
 
 
 def embed(ds: ray.data.Dataset, cfg: EvalConfig, checkpoint: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -148,6 +159,18 @@ class SetResult:
     mean_class_acc: float
     per_class: dict[str, float]
     few_shot: list[dict[str, Any]] = field(default_factory=list)
+    # builds pretrained with holdout_categories: the same scores over the shapes of trained categories
+    # (held out by uid) and over those of the unseen categories, every shape classified over all the names
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+SEEN_PART = "held-out shapes of trained categories"
+UNSEEN_PART = "unseen categories (never trained on)"
+
+
+def part_scores(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    acc = topk_accuracy(logits[mask], labels[mask], (1, 3, 5)) if mask.any() else {1: 0.0, 3: 0.0, 5: 0.0}
+    return {"samples": int(mask.sum()), "top1": acc[1], "top3": acc[3], "top5": acc[5]}
 
 
 def score(es: EvalSet, emb: np.ndarray, labels: np.ndarray, classifier: torch.Tensor, cfg: EvalConfig):
@@ -168,6 +191,12 @@ def score(es: EvalSet, emb: np.ndarray, labels: np.ndarray, classifier: torch.Te
         mean_class_acc=float(per_class[present].mean()),
         per_class={n: float(a) for n, a, p in zip(es.class_names, per_class, present, strict=True) if p},
     )
+    if es.unseen:
+        unseen = torch.tensor([name in es.unseen for name in es.class_names])[labels_t]
+        result.parts = {
+            SEEN_PART: part_scores(logits, labels_t, ~unseen),
+            UNSEEN_PART: part_scores(logits, labels_t, unseen),
+        }
     if cfg.few_shot:
         result.few_shot = [asdict(r) for r in few_shot(emb, labels, cfg.shots, cfg.seeds)]
     return result, confusion_matrix(preds.numpy(), labels, len(es.class_names))
@@ -186,13 +215,45 @@ def write_reports(out: Path, result: SetResult, confusion: np.ndarray, class_nam
         f"| {result.num_samples} | {result.num_classes} | {result.top1:.1f} | {result.top3:.1f} | {result.top5:.1f} "
         f"| {result.mean_class_acc:.1f} | {result.chance_top1:.1f} |",
     ]
+    if result.parts:
+        lines += [
+            "",
+            f"Split by what the checkpoint trained on (every shape classified over all {result.num_classes} names; "
+            f"chance top-1 {result.chance_top1:.1f}%):",
+            "",
+            "| shapes | samples | top-1 | top-3 | top-5 |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {p['samples']} | {p['top1']:.1f} | {p['top3']:.1f} | {p['top5']:.1f} |"
+            for name, p in result.parts.items()
+        ]
     if result.few_shot:
-        lines += ["", "| shots | linear probe acc. (mean ± std over seeds) | classes |", "|---|---|---|"]
-        lines += [f"| {r['shots']} | {r['mean']:.1f} ± {r['std']:.1f} | {r['classes']} |" for r in result.few_shot]
+        lines += ["", *few_shot_lines(result.few_shot)]
     lines += ["", "| class | accuracy |", "|---|---|"]
     lines += [f"| {name} | {acc:.1f} |" for name, acc in result.per_class.items()]
     (out / f"{result.name}.md").write_text("\n".join(lines) + "\n")
     plot_confusion(out / f"{result.name}_confusion.png", confusion, class_names, result.name)
+
+
+def few_shot_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's few-shot table, with the protocol and how ours differs from OpenShape's (``uni3d.fewshot``)."""
+    seeds = len(rows[0]["runs"])
+    lines = [
+        "Few-shot linear probe, OpenShape's protocol (arXiv 2305.10764, §4.2): per class, k shapes drawn from this "
+        "set train an L2 logistic regression (scikit-learn's C=1 objective, L-BFGS) on the frozen embeddings; the "
+        f"set's other shapes of those classes are the test; mean ± std over {seeds} seeds. Classes with fewer than "
+        "k shapes are left out (column 'left out'; OpenShape does not say how it treats them); the draws are ours.",
+        "",
+        "| shots | linear probe acc. (mean ± std over seeds) | classes | left out | test shapes |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shots']} | {r['mean']:.1f} ± {r['std']:.1f} | {r['classes']} | {r['skipped_classes']} "
+            f"| {r['test_samples']} |"
+        )
+    return lines
 
 
 def plot_confusion(path: Path, confusion: np.ndarray, class_names: list[str], title: str) -> None:
@@ -242,33 +303,40 @@ def resolve_teacher(cfg: EvalConfig) -> str:
 
 
 def run_evaluation(cfg: EvalConfig, log: Any = print) -> list[SetResult]:
-    if not Path(cfg.checkpoint).exists():
+    """Evaluate ``cfg.checkpoint`` (a local path or a URI) on each of ``cfg.sets``; reports go to ``cfg.out``
+    (a local folder or a URI), by default ``<checkpoint>/eval``."""
+    where = Location.of(cfg.checkpoint)
+    if not where.exists():
         raise FileNotFoundError(f"checkpoint {cfg.checkpoint} does not exist")
+    with local_copy(where) as local:  # the driver's reads (config, teacher, split); the actors load their own
+        out = Location.of(cfg.out) if cfg.out else (where if local.is_dir() else where.parent) / "eval"
+        return _evaluate_sets(dataclasses.replace(cfg, checkpoint=str(local)), str(where), out, log)
+
+
+def _evaluate_sets(cfg: EvalConfig, checkpoint: str, out: Location, log: Any) -> list[SetResult]:
     model = uni3d.load_checkpoint(cfg.checkpoint)  # fails early, naming the file, if it is not a checkpoint
     teacher_name = resolve_teacher(cfg)
     spec = uni3d.parse_teacher(teacher_name, **({"text_only": True} if teacher_name.startswith("openclip:") else {}))
-    teacher = uni3d.build_teacher(spec)
-    out = (
-        Path(cfg.out)
-        if cfg.out
-        else (Path(cfg.checkpoint) if Path(cfg.checkpoint).is_dir() else Path(cfg.checkpoint).parent) / "eval"
-    )
+    teacher = uni3d.shared_teacher(spec)
     results = []
     for name in cfg.sets:
-        if Path(name).is_dir() and (Path(name) / "manifest.json").exists():
+        if (Location.of(name) / "manifest.json").is_file():
             es, ds = build_eval_set(name, cfg)
         else:
             es = read_benchmark(name, cfg.root)
             ds = ray.data.from_arrow(es.items).repartition(max(1, math.ceil(len(es) / cfg.batch_size)))
         classifier = class_embeddings(teacher, es, model.embed_dim, teacher_name)
-        emb, labels, _ = embed(ds, cfg, cfg.checkpoint)
+        emb, labels, _ = embed(ds, cfg, checkpoint)
         result, confusion = score(es, emb, labels, classifier, cfg)
-        meta = {"checkpoint": str(cfg.checkpoint), "teacher": teacher_name}
-        write_reports(out, result, confusion, es.class_names, meta)
+        meta = {"checkpoint": checkpoint, "teacher": teacher_name}
+        with local_output(out) as folder:  # each set's reports land as soon as it is scored
+            write_reports(folder, result, confusion, es.class_names, meta)
         log(
             f"[evaluate] {es.name}: top-1 {result.top1:.1f}% top-3 {result.top3:.1f}% top-5 {result.top5:.1f}% "
             f"over {result.num_samples} shapes, {result.num_classes} classes "
             f"(chance {result.chance_top1:.1f}%) -> {out}"
         )
+        for part, p in result.parts.items():
+            log(f"[evaluate]   {part}: top-1 {p['top1']:.1f}% top-5 {p['top5']:.1f}% over {p['samples']} shapes")
         results.append(result)
     return results

@@ -14,12 +14,12 @@ not normalised). ``gallery.json`` records the checkpoint, its teacher and the em
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from pipelines.config import SourceConfig
 from pipelines.schema import FAILURES_SCHEMA, decode_points_batch
 from pipelines.sources import list_shapes
 from pipelines.stages import LISTING_SCHEMA, ShapeWorker, worker_identity
+from pipelines.storage import Location, local_copy
 
 INFO = "gallery.json"
 # One row per shape back to the driver: its failure stage ("" when embedded) and who did the work.
@@ -83,7 +84,8 @@ class GalleryEmbedder:
 
     def __init__(self, checkpoint: str, output: str, device: str = "auto") -> None:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
-        self.model = uni3d.load_checkpoint(checkpoint).to(self.device).eval()
+        with local_copy(checkpoint) as path:  # a URI is copied to this node for the load
+            self.model = uni3d.load_checkpoint(path).to(self.device).eval()
         self.store = BuildStore(output)
         self.schema = gallery_schema(self.model.embed_dim)
         self.worker, self.node = worker_identity()
@@ -191,10 +193,15 @@ def _embed_listing(cfg: EmbedConfig, store: BuildStore, listing: str, total: int
 
 def run_embed(cfg: EmbedConfig, log: Any = print) -> dict[str, Any]:
     """Embed every shape of ``cfg.source`` not yet in ``cfg.output``; returns counts."""
-    model_cfg = uni3d.read_checkpoint_config(cfg.checkpoint) if Path(cfg.checkpoint).is_dir() else {}
+    checkpoint = Location.of(cfg.checkpoint)  # local or a URI
+    model_cfg: dict[str, Any] = {}
+    if (checkpoint / "config.json").is_file():  # ours; an official model.pt records no teacher
+        with local_copy(checkpoint / "config.json") as path:
+            model_cfg = uni3d.read_checkpoint_config(path)
     teacher = (model_cfg.get("meta") or {}).get("teacher")
+    cfg = dataclasses.replace(cfg, checkpoint=str(checkpoint))  # absolute: the actors run in other folders
     store = BuildStore(cfg.output)
-    info = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "teacher": teacher}
+    info = {"checkpoint": str(checkpoint), "teacher": teacher}
     info_path = store.path(INFO)
     if store.fs.get_file_info(info_path).is_file:
         with store.fs.open_input_stream(info_path) as f:

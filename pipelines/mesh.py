@@ -4,7 +4,7 @@ A whole scene (GLB node graph, OBJ with several materials) becomes one triangle 
 coordinates with its colour source kept, so colours are looked up per sample point:
 textured faces read their texture at the interpolated UV (times the face's base colour factor),
 otherwise vertex colours are interpolated, otherwise the face colour (material or per-face) is
-used; a mesh with none of these has ``has_color = False`` and gets the constant 0.4 (spec §1).
+used; a mesh with none of these has ``has_color = False`` and gets the constant 0.4 (docs/method.md §1).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NO_COLOR = 0.4  # spec §1: the colour of shapes without colour, in training and evaluation
+NO_COLOR = 0.4  # docs/method.md §1: the colour of shapes without colour, in training and evaluation
 
 
 class MeshError(ValueError):

@@ -13,12 +13,13 @@ layout (unlike the package's fixed ``~/.objaverse``), so a re-run reuses annotat
 Memory: ``object-paths.json.gz`` (~800k entries) is parsed as a stream into per-shard uid lists, and
 metadata shards are read one at a time, only those holding wanted uids; refs are yielded shard by shard.
 
-Texts per shape (spec §5 draws one per step; PLATFORM.md: the plain category name among them), in order,
-cleaned (URLs dropped, whitespace collapsed, strings without a letter dropped) and deduplicated
-case-insensitively: the name (``_``/file extension removed), the first ``MAX_TAGS`` tags joined by ", ",
-the description trimmed to ``MAX_DESCRIPTION_CHARS``, the Sketchfab categories joined by ", ", and the
-LVIS category with ``_`` as spaces. ``ShapeRef.category`` is the LVIS category as written in the
-annotations (e.g. ``teddy_bear``), "" outside LVIS. Objaverse glTF is Y up, so meshes load with up_axis "y".
+Texts per shape (docs/method.md §5 draws one per step; the plain category name is among them, which small
+text teachers need), in order, cleaned (URLs dropped, whitespace collapsed, strings without a letter
+dropped) and deduplicated case-insensitively: the name (``_``/file extension removed), the first
+``MAX_TAGS`` tags joined by ", ", the description trimmed to ``MAX_DESCRIPTION_CHARS``, the Sketchfab
+categories joined by ", ", and the LVIS category with ``_`` as spaces. ``ShapeRef.category`` is the LVIS
+category as written in the annotations (e.g. ``teddy_bear``), "" outside LVIS. Objaverse glTF is Y up, so
+meshes load with up_axis "y".
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -41,6 +43,15 @@ from pipelines.shapes import ShapeRef
 log = logging.getLogger(__name__)
 
 HF_BASE_URL = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
+DATASET_PATH = "datasets/allenai/objaverse/resolve/main"
+
+
+def hf_base_url() -> str:
+    """The dataset on the hub, or on the mirror ``HF_ENDPOINT`` names (as ``huggingface_hub`` reads it)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
+    return f"{endpoint}/{DATASET_PATH}"
+
+
 OBJECT_PATHS = "object-paths.json.gz"
 LVIS_ANNOTATIONS = "lvis-annotations.json.gz"
 LVIS_MODES = ("include", "exclude", "only")

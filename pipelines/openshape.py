@@ -1,4 +1,4 @@
-"""OpenShape's released training set as a shape source, without Ray (Uni3D spec §5, §7).
+"""OpenShape's released training set as a shape source, without Ray (docs/method.md §5, §7).
 
 OpenShape (Liu et al., NeurIPS 2023) ships one ``.npy`` per shape, the data Uni3D pretrained on: a pickled
 dict with ``xyz`` / ``rgb`` (10,000 points), ``image_feat`` (12 rendered views) and texts (``text`` =
@@ -11,11 +11,12 @@ OpenShape's ``src/data.py`` and Uni3D's ``data/datasets.py``:
   scalars; any other global a file names (``os.system``, ...) raises ``MeshError`` before it can be called.
 - xyz is used as stored (Y up: Uni3D rotates it about y, without OpenShape's y/z swap), subsampled if asked
   (seeded by the uid), then normalised to the unit sphere. A file without ``rgb``, or whose points all share
-  one grey (r = g = b everywhere), is uncoloured: ``has_color=False``, rgb = 0.4 (spec §1). Otherwise rgb is
+  one grey (r = g = b everywhere), is uncoloured: ``has_color=False``, rgb = 0.4 (docs/method.md §1). Otherwise rgb is
   clipped to [0, 1]; values far outside it (0-255 data) are an error.
 - texts: names, BLIP caption(s), MSFT caption(s), retrieval texts; stripped, empty and non-string ones dropped,
-  duplicates dropped keeping the first. Objaverse keeps only its first name (both loaders use ``text[0]``);
-  with ``text_filter`` (OpenShape's ``gpt4_filtering.json``) names of Objaverse shapes flagged "N" are dropped.
+  duplicates dropped keeping the first, each in its group (name; caption for BLIP and MSFT; retrieval).
+  Objaverse keeps only its first name (both loaders use ``text[0]``); names of Objaverse shapes that
+  OpenShape's ``gpt4_filtering.json`` flags "N" are dropped, as the official code does (``text_filter``).
 - Precomputed embeddings are returned only when the requested teacher is exactly ``OPENSHAPE_TEACHER``:
   ``view_embeddings`` = ``image_feat``, ``text_embeddings`` row i = the embedding of ``texts[i]``. With any other
   teacher both are None: the build re-embeds the texts, and with no renders the image term is masked.
@@ -38,12 +39,20 @@ import numpy as np
 
 from pipelines.mesh import NO_COLOR, MeshError
 from pipelines.sampling import normalize_unit_sphere
+from pipelines.schema import TEXT_GROUPS
 from pipelines.shapes import ShapeData, ShapeRef
 
 OPENSHAPE_TEACHER = "openclip:ViT-bigG-14/laion2b_s39b_b160k"
 OPENSHAPE_EMBED_DIM = 1280
 MAX_FILE_BYTES = 256 << 20  # an OpenShape file is ~0.3 MB; anything this big is not one
 TEXT_FIELDS = ("text", "blip_caption", "msft_caption", "retrieval_text")  # the order of ShapeData.texts
+# The recipe's three groups: BLIP and MSFT captions are one group, so one of them is drawn when both exist.
+TEXT_FIELD_GROUPS = {
+    "text": "name",
+    "blip_caption": "caption",
+    "msft_caption": "caption",
+    "retrieval_text": "retrieval",
+}
 KNOWN_DATASETS = ("objaverse", "shapenet", "3d-future", "abo")  # OpenShape's four sources (folder names, lowered)
 _PROBE = 64  # if none of the first _PROBE listed files exists, the root is wrong: fail instead of listing 1M misses
 
@@ -54,11 +63,16 @@ class OpenShapeConfig:
     split: str = "train_all.json"  # or train_no_lvis.json, or a path; looked up in root, root/meta_data/split, as is
     uids: list[str] | None = None  # keep only these ("objaverse/<id>" or the bare id); unknown ones are an error
     text_embed_version: str = "original"  # or "prompt_avg" (OpenShape's template-averaged name/caption embeddings)
-    text_filter: str | None = None  # OpenShape's gpt4_filtering.json: drop names of Objaverse shapes flagged "N"
+    # OpenShape's gpt4_filtering.json: names of Objaverse shapes flagged "N" are dropped, as the official code
+    # does. "auto": root/meta_data/gpt4_filtering.json (or root/gpt4_filtering.json), required when the split
+    # lists Objaverse shapes; a path; or "none" to keep every name.
+    text_filter: str = "auto"
 
     def __post_init__(self) -> None:
         if self.text_embed_version not in ("original", "prompt_avg"):
             raise ValueError(f"text_embed_version must be original or prompt_avg, got {self.text_embed_version!r}")
+        if not self.text_filter:
+            raise ValueError("text_filter must be 'auto', 'none' or the path of gpt4_filtering.json")
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -134,11 +148,27 @@ def list_openshape(cfg: OpenShapeConfig) -> Iterator[ShapeRef]:
         entries = [{"id": key, "data_path": value} for key, value in entries.items()]
     if not isinstance(entries, list):
         raise ValueError(f"{split}: expected a JSON list of entries or an {{id: path}} object")
-    flagged = _read_text_filter(cfg.text_filter) if cfg.text_filter else set()
-    return _iter_refs(cfg, split, entries, flagged)
+    return _iter_refs(cfg, split, entries, _text_filter(cfg))
 
 
-def _iter_refs(cfg: OpenShapeConfig, split: Path, entries: list[Any], flagged: set[str]) -> Iterator[ShapeRef]:
+FILTER_FILE = "gpt4_filtering.json"
+
+
+def _text_filter(cfg: OpenShapeConfig) -> set[str] | None:
+    """The flagged Objaverse ids, or None when no filter file was found under "auto" (an error if needed)."""
+    if cfg.text_filter == "none":
+        return set()
+    if cfg.text_filter != "auto":
+        if not Path(cfg.text_filter).is_file():
+            raise FileNotFoundError(f"source.openshape.text_filter: {cfg.text_filter} does not exist")
+        return _read_text_filter(cfg.text_filter)
+    for candidate in (Path(cfg.root) / "meta_data" / FILTER_FILE, Path(cfg.root) / FILTER_FILE):
+        if candidate.is_file():
+            return _read_text_filter(str(candidate))
+    return None
+
+
+def _iter_refs(cfg: OpenShapeConfig, split: Path, entries: list[Any], flagged: set[str] | None) -> Iterator[ShapeRef]:
     root, wanted = Path(cfg.root), (set(cfg.uids) if cfg.uids is not None else None)
     seen: dict[str, str] = {}
     listed = found = 0
@@ -158,7 +188,12 @@ def _iter_refs(cfg: OpenShapeConfig, split: Path, entries: list[Any], flagged: s
             raise FileNotFoundError(f"none of the first {_PROBE} shapes of {split} is under root {root} ({locator})")
         extra = {"dataset": dataset, "group": group, "id": shape_id, "data_path": data_path}
         extra["text_embed_version"] = cfg.text_embed_version
-        if dataset.lower() == "objaverse" and shape_id in flagged:
+        if dataset.lower() == "objaverse" and flagged is None and exists:  # a wrong root is the first error
+            raise FileNotFoundError(
+                f"{split} lists Objaverse shapes, whose names OpenShape filters with {FILTER_FILE}; it is not in "
+                f"{Path(cfg.root) / 'meta_data'}: give source.openshape.text_filter=PATH, or =none to keep every name"
+            )
+        if dataset.lower() == "objaverse" and flagged and shape_id in flagged:
             extra["drop_names"] = True
         yield ShapeRef(uid=uid, source="openshape", locator=str(locator), extra=extra)
     if 0 < listed < _PROBE and not found:
@@ -220,9 +255,9 @@ def load_openshape_shape(ref: ShapeRef, teacher_name: str, num_points: int | Non
     data = read_openshape_file(name)
     points, has_color = _points(data, name, ref.uid, num_points)
     matched = teacher_name == OPENSHAPE_TEACHER
-    texts, rows = _texts(data, name, ref.extra, matched)
+    texts, groups, rows = _texts(data, name, ref.extra, matched)
     if not matched:
-        return ShapeData(points=points, has_color=has_color, texts=texts)
+        return ShapeData(points=points, has_color=has_color, texts=texts, text_groups=groups)
     views = _features(data.get("image_feat"), "original", name, "image_feat")
     if not views:
         raise MeshError(f"{name}: field 'image_feat': missing or empty (OpenShape files hold 12 views)")
@@ -231,6 +266,7 @@ def load_openshape_shape(ref: ShapeRef, teacher_name: str, num_points: int | Non
         points=points,
         has_color=has_color,
         texts=texts,
+        text_groups=groups,
         view_embeddings=np.stack(views),  # (K, 1280)
         text_embeddings=text_embeddings,  # (T, 1280), row i embeds texts[i]
         teacher=OPENSHAPE_TEACHER,
@@ -277,9 +313,13 @@ def _numeric(value: Any, name: str, key: str) -> np.ndarray:
         raise MeshError(f"{name}: field {key!r}: not a numeric array ({type(value).__name__})") from None
 
 
-def _texts(data: dict[str, Any], name: str, extra: dict[str, Any], matched: bool) -> tuple[list[str], list[Any]]:
-    """Cleaned texts in ``TEXT_FIELDS`` order and, when ``matched``, their embedding rows (else Nones)."""
+def _texts(
+    data: dict[str, Any], name: str, extra: dict[str, Any], matched: bool
+) -> tuple[list[str], list[int], list[Any]]:
+    """Cleaned texts in ``TEXT_FIELDS`` order, the group of each (``TEXT_FIELD_GROUPS``) and, when ``matched``,
+    their embedding rows (else Nones). A text repeated in a later field keeps its first group."""
     texts: list[str] = []
+    groups: list[int] = []
     rows: list[Any] = []
     for key in TEXT_FIELDS:
         if key == "text" and extra.get("drop_names"):
@@ -298,8 +338,9 @@ def _texts(data: dict[str, Any], name: str, extra: dict[str, Any], matched: bool
             text = text.strip() if text else ""
             if text and text not in texts:
                 texts.append(text)
+                groups.append(TEXT_GROUPS.index(TEXT_FIELD_GROUPS[key]))
                 rows.append(feat)
-    return texts, rows
+    return texts, groups, rows
 
 
 def _strings(value: Any) -> list[str | None]:

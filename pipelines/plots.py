@@ -25,23 +25,30 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def training_curves(metrics_file: str | Path, out: str | Path, chance: float | None = None) -> Path:
-    """Loss, point->text accuracy and held-out zero-shot top-1 against the step."""
+    """Loss, point->text accuracy and held-out zero-shot top-1/top-5 against the step (and those of the
+    unseen categories when the run held some out)."""
     plt = _plt()
     log = read_metrics(metrics_file)
     steps = [m["step"] for m in log]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     axes[0].plot(steps, [m["loss"] for m in log])
     axes[0].set_title("contrastive loss")
     axes[1].plot(steps, [m["acc_text"] for m in log])
     axes[1].set_title("point->text accuracy in the batch (%)")
     evals = [m for m in log if "zeroshot_top1" in m]
-    axes[2].plot([m["step"] for m in evals], [m["zeroshot_top1"] for m in evals], marker="o", label="top-1")
-    axes[2].plot([m["step"] for m in evals], [m["zeroshot_top5"] for m in evals], marker=".", label="top-5")
+    unseen = [m for m in log if "unseen_top1" in m]
+    seen = " (held-out shapes, trained categories)" if unseen else ""
+    axes[2].plot([m["step"] for m in evals], [m["zeroshot_top1"] for m in evals], marker="o", label=f"top-1{seen}")
+    axes[2].plot([m["step"] for m in evals], [m["zeroshot_top5"] for m in evals], marker=".", label=f"top-5{seen}")
+    if unseen:
+        steps_u = [m["step"] for m in unseen]
+        axes[2].plot(steps_u, [m["unseen_top1"] for m in unseen], marker="s", label="top-1, unseen categories")
+        axes[2].plot(steps_u, [m["unseen_top5"] for m in unseen], marker="x", label="top-5, unseen categories")
     if chance is not None:
         axes[2].axhline(chance, color="grey", linestyle="--", label=f"chance {chance:.1f}%")
     axes[2].set_ylim(0, 100)
     axes[2].set_title("held-out zero-shot accuracy (%)")
-    axes[2].legend(loc="lower right")
+    axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, ncol=2)
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -58,7 +58,8 @@ class ProceduralShape:
     uid: str  # f"proc-{category}-{seed}": make_shape(category, seed) rebuilds it
     category: str
     caption: str
-    texts: list[str]  # the caption, the plain category name, other phrasings
+    texts: list[str]  # the caption, then a coloured object name ("red chair")
+    text_groups: list[int]  # per text, its group (schema.TEXT_GROUPS index: 0 name, 1 caption, 2 retrieval)
     attributes: dict[str, Any]  # "color" is the main colour; the rest depends on the category
     parts: list[Part] = field(repr=False)
 
@@ -412,7 +413,9 @@ def make_shape(category: str, seed: int) -> ProceduralShape:
     builder = _Builder()
     attributes, caption = _BUILDERS[category](builder, rng)
     color = attributes["color"]
-    texts = [caption, category, f"a 3D model of {_a(category)}", f"{_a(color)} {category}"]
+    # Descriptive texts only, never the bare class name nor a prompt-like phrasing: a caption (as BLIP's
+    # would be) and an object name with its colour (as an Objaverse name would be)
+    texts = [caption, f"{color} {category}"]
     floor = min(float(p.vertices[:, 1].min()) for p in builder.parts)  # stand on y = 0 (the airplane too)
     parts = [Part(p.name, p.color, p.vertices - np.float32([0, floor, 0]), p.faces) for p in builder.parts]
     return ProceduralShape(
@@ -420,6 +423,7 @@ def make_shape(category: str, seed: int) -> ProceduralShape:
         category=category,
         caption=caption,
         texts=texts,
+        text_groups=[1, 0],  # schema.TEXT_GROUPS: caption, name
         attributes=attributes,
         parts=parts,
     )

@@ -17,19 +17,14 @@ import numpy as np
 import torch
 
 import uni3d
-from pipelines.eval_sets import SCANOBJECTNN_CLASSES
+from pipelines.eval_sets import MODELNET40_LABELS, SCANOBJECTNN_CLASSES
 from pipelines.mesh_io import load_mesh
 from pipelines.sampling import sample_points
 from pipelines.schema import decode_points_batch
 from uni3d.retrieval import recall_at_k, search
 
-MODELNET40_CLASSES = [
-    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone",
-    "cup", "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp",
-    "laptop", "mantel", "monitor", "night_stand", "person", "piano", "plant", "radio", "range_hood", "sink",
-    "sofa", "stairs", "stool", "table", "tent", "toilet", "tv_stand", "vase", "wardrobe", "xbox",
-]  # fmt: skip
-CLASS_LISTS = {"modelnet40": MODELNET40_CLASSES, "scanobjectnn": SCANOBJECTNN_CLASSES}
+# Benchmark class lists as the official Uni3D evaluation prompts them (its data/labels.json; see pipelines.eval_sets).
+CLASS_LISTS = {"modelnet40": MODELNET40_LABELS, "scanobjectnn": SCANOBJECTNN_CLASSES}
 
 
 def mesh_points(paths: Sequence[str | Path], num_points: int, up_axis: str = "y") -> np.ndarray:
@@ -43,7 +38,11 @@ def embed_points(model: uni3d.Uni3D, points: np.ndarray) -> np.ndarray:
 
 
 def parse_labels(labels: str = "", labels_file: str = "", classes: str = "") -> list[str]:
-    """Candidate labels from a comma list, a file (one per line) or a benchmark's class names."""
+    """Candidate labels from a comma list, a file (one per line) or a benchmark's class names.
+
+    Labels are prompted exactly as given: a file of Objaverse-LVIS names keeps their underscores ("Band_Aid"),
+    as the official evaluation prompts them; ``classes`` gives a benchmark's names in the official spelling.
+    """
     out: list[str] = []
     if labels:
         out += [x.strip() for x in labels.split(",") if x.strip()]
@@ -54,7 +53,7 @@ def parse_labels(labels: str = "", labels_file: str = "", classes: str = "") -> 
     if classes:
         if classes not in CLASS_LISTS:
             raise ValueError(f"unknown class list {classes!r}; lists: {sorted(CLASS_LISTS)} (or pass --labels-file)")
-        out += [c.replace("_", " ") for c in CLASS_LISTS[classes]]
+        out += CLASS_LISTS[classes]
     if not out:
         raise ValueError("the label list is empty: pass --labels a,b,c, --labels-file or --classes modelnet40")
     return list(dict.fromkeys(out))
@@ -78,7 +77,7 @@ class Prediction:
 def what_is_this(
     model: uni3d.Uni3D, teacher: Any, teacher_name: str, points: np.ndarray, labels: list[str], top_k: int = 5
 ) -> list[list[Prediction]]:
-    """Per cloud, the ``top_k`` labels (64 templates per label, spec §8) with cosine and probability."""
+    """Per cloud, the ``top_k`` labels (64 templates per label, docs/method.md §8) with cosine and probability."""
     check_dims(teacher, model.embed_dim, teacher_name)
     classes = uni3d.build_zero_shot_classifier(teacher, labels)
     logits = uni3d.zero_shot_logits(torch.from_numpy(embed_points(model, points)), classes)  # cosines (B, C)

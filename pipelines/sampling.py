@@ -1,6 +1,6 @@
-"""Area-weighted surface sampling of a ``Mesh`` into an ``(N, 6)`` xyz+rgb point cloud (Uni3D spec §1).
+"""Area-weighted surface sampling of a ``Mesh`` into an ``(N, 6)`` xyz+rgb point cloud (docs/method.md §1).
 
-Follows the spec: N points (10,000 by default) drawn uniformly over the surface (faces chosen with
+Follows docs/method.md §1: N points (10,000 by default) drawn uniformly over the surface (faces chosen with
 probability proportional to their area, uniform barycentric coordinates by the square-root trick),
 xyz centred on the samples' centroid and scaled so the farthest point has norm 1, Y up as loaded,
 rgb in [0, 1]; a mesh without colour gets ``NO_COLOR`` (0.4) everywhere and ``has_color = False``.

@@ -1,8 +1,9 @@
 """The dataset's Parquet schema, defined once: columns, the compact point/embedding encodings, validation,
-the build manifest and the failures table (Uni3D spec §1 input, §5 texts and views, §7 data).
+the build manifest and the failures table (docs/method.md §1 input, §5 texts and views, §7 data).
 
-One row is one shape: its uid, source, category and candidate texts (spec §5: name/metadata text, captions,
-retrieval texts), ``N`` surface points ``(N, 6)`` (xyz in the unit sphere, rgb in [0, 1], spec §1) and the
+One row is one shape: its uid, source, category and candidate texts (docs/method.md §5: name/metadata text, captions,
+retrieval texts) with the group of each text (:data:`TEXT_GROUPS`: the loss draws a group, then a text in it),
+``N`` surface points ``(N, 6)`` (xyz in the unit sphere, rgb in [0, 1], docs/method.md §1) and the
 frozen teacher's embeddings of its ``K`` rendered views and ``T = len(texts)`` texts. Arrays are stored as
 ``binary`` cells so that one ``np.frombuffer`` over a column's data buffer decodes a whole batch:
 
@@ -12,13 +13,15 @@ frozen teacher's embeddings of its ``K`` rendered views and ``T = len(texts)`` t
 
 ``binary`` (not ``fixed_size_binary``) keeps N and E out of the schema; a ``large_binary`` column (Ray Data
 widens a column past 2 GiB per write) is accepted everywhere. pyarrow and numpy only: no Ray here.
+
+Version 2 added ``text_groups``. Version 1 builds still read: there every text is its own group
+(:func:`text_groups_column` fills them in), which weights a shape's texts differently from the recipe.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -28,11 +31,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from pipelines.mesh import NO_COLOR  # numpy only
+from pipelines.storage import Location
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no text_groups (every text its own group)
 VERSION_KEY = b"uni3d.schema_version"
 SOURCES = ("procedural", "local", "objaverse", "openshape")
 STAGES = ("list", "fetch", "load", "sample", "render", "embed_image", "embed_text", "write")
@@ -41,6 +45,11 @@ EMBED_DTYPE = np.dtype("<f2")
 XYZ_MAX_ERROR = 2.0**-11  # half the float16 spacing on [1, 2); 2**-12 inside the unit sphere
 RGB_MAX_ERROR = 1.0 / 510.0
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+# The text groups of the recipe (Uni3D paper §3.2, following OpenShape): per shape and step one group is drawn
+# uniformly among those the shape has, then one text uniformly within it. "name" holds the name and metadata
+# texts (tags, category), "caption" the captions (BLIP and MSFT: one of them is drawn when both exist),
+# "retrieval" the texts of retrieved similar images.
+TEXT_GROUPS = ("name", "caption", "retrieval")
 
 
 def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -53,6 +62,7 @@ SCHEMA = pa.schema(
         _f("source", pa.string(), "where the shape came from: " + " | ".join(SOURCES)),
         _f("category", pa.string(), "plain category name; null where unknown", nullable=True),
         _f("texts", pa.list_(pa.string()), "candidate texts: name/metadata text, captions, retrieval texts"),
+        _f("text_groups", pa.list_(pa.int8()), "group of each text, an index into " + " | ".join(TEXT_GROUPS)),
         _f("has_color", pa.bool_(), "false: the mesh had no colour and rgb is the constant 0.4"),
         _f("num_points", pa.int32(), "N, the number of surface points"),
         _f("xyz", pa.binary(), "(N, 3) float16 little-endian, unit sphere, Y up"),
@@ -65,6 +75,7 @@ SCHEMA = pa.schema(
     ],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode(), b"uni3d.doc": b"docs/dataset.md"},
 )
+V1_FIELDS = tuple(n for n in SCHEMA.names if n != "text_groups")
 
 FAILURES_SCHEMA = pa.schema(
     [
@@ -73,6 +84,13 @@ FAILURES_SCHEMA = pa.schema(
         _f("stage", pa.string(), "where it failed: " + " | ".join(STAGES)),
         _f("error_type", pa.string(), "exception class name"),
         _f("message", pa.string(), "exception message, truncated"),
+        _f(
+            "transient",
+            pa.bool_(),
+            "true: may pass on a re-run (retry_failures builds it again); null in tables written before this "
+            "column, classified from stage, error_type and message (failure_is_transient)",
+            nullable=True,
+        ),
     ],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
@@ -172,7 +190,7 @@ def decode_embeddings(column: Any, dim: int, max_count: int | None = None) -> tu
     """A batch's view or text embeddings -> (padded ``(B, M, dim)`` float32, counts ``(B,)`` int64).
 
     ``M`` is the largest count in the batch, or ``max_count`` (rows with more keep their first ``max_count``,
-    e.g. the first 10 views of spec §5). Padding is zero; ``arange(M) < counts[:, None]`` is the mask.
+    e.g. the first 10 views of docs/method.md §5). Padding is zero; ``arange(M) < counts[:, None]`` is the mask.
     """
     data, offsets = _binary_buffers(column)
     row_bytes = dim * EMBED_DTYPE.itemsize
@@ -214,6 +232,7 @@ def make_row(
     embed_dim: int,
     text_embeddings: np.ndarray,  # (len(texts), embed_dim)
     view_embeddings: np.ndarray | None = None,  # (K, embed_dim); None = no renders
+    text_groups: Sequence[int | str] | None = None,  # one per text (index or name in TEXT_GROUPS); None: "name"
     xyz_tol: float = 1e-3,
 ) -> dict[str, Any]:
     """Validate one shape and encode it as a row of :data:`SCHEMA`; ValueError names the uid and the field."""
@@ -228,13 +247,19 @@ def make_row(
     if category is not None and not isinstance(category, str):
         raise fail("category", f"expected a string or None, got {type(category).__name__}")
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t for t in texts):
-        raise fail("texts", "expected a non-empty list of non-empty strings (the loss draws one, spec §5)")
+        raise fail("texts", "expected a non-empty list of non-empty strings (the loss draws one, docs/method.md §5)")
+    try:
+        groups = encode_text_groups(text_groups, len(texts))
+    except ValueError as err:
+        raise fail("text_groups", str(err)) from None
     if not teacher or not isinstance(embed_dim, int | np.integer) or embed_dim <= 0:
         raise fail("teacher", f"need a teacher name and a positive embed_dim, got {teacher!r}, {embed_dim!r}")
     if problem := _points_problem(points, xyz_tol):
         raise fail("points", problem)
     if not has_color and (points[:, 3:] != np.float32(NO_COLOR)).any():
-        raise fail("has_color", f"false, but rgb is not the constant {NO_COLOR} of uncoloured shapes (spec §1)")
+        raise fail(
+            "has_color", f"false, but rgb is not {NO_COLOR}, the colour of uncoloured shapes (docs/method.md §1)"
+        )
     if view_embeddings is None:
         view_embeddings = np.zeros((0, embed_dim), np.float32)
     if problem := _embeddings_problem(view_embeddings, None, embed_dim):
@@ -246,6 +271,7 @@ def make_row(
         "source": source,
         "category": category or None,
         "texts": list(texts),
+        "text_groups": groups,
         "has_color": bool(has_color),
         **encode_points(points, xyz_tol),
         "teacher": teacher,
@@ -254,6 +280,53 @@ def make_row(
         "view_embeddings": encode_embeddings(view_embeddings),
         "text_embeddings": encode_embeddings(text_embeddings),
     }
+
+
+def encode_text_groups(groups: Sequence[int | str] | None, num_texts: int) -> list[int]:
+    """Group names or indices -> indices into :data:`TEXT_GROUPS`, one per text; None: all "name"."""
+    if groups is None:
+        return [0] * num_texts
+    if isinstance(groups, str) or len(groups) != num_texts:
+        raise ValueError(f"expected one group per text ({num_texts}), got {groups!r}")
+    out = []
+    for g in groups:
+        if isinstance(g, str) and g in TEXT_GROUPS:
+            out.append(TEXT_GROUPS.index(g))
+        elif isinstance(g, int | np.integer) and not isinstance(g, bool) and 0 <= int(g) < len(TEXT_GROUPS):
+            out.append(int(g))
+        else:
+            raise ValueError(f"{g!r} is not a text group; groups are {TEXT_GROUPS} or their indices")
+    return out
+
+
+def schema_version(schema: pa.Schema) -> int:
+    """The version a table or file was written with (0 when it carries no version metadata)."""
+    return int((schema.metadata or {}).get(VERSION_KEY, b"0"))
+
+
+def text_groups_column(batch: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(groups, offsets)`` of a batch's texts: flat int8 group per text and per-row offsets into it.
+
+    Version 1 rows have no groups: each text gets its own (``0, 1, 2, ...`` within the row, so a draw over
+    groups is a draw over texts, as version 1 training did)."""
+    column = _column(batch, "texts")
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not isinstance(column, pa.Array):
+        column = pa.array(list(column), pa.list_(pa.string()))
+    offsets = np.asarray(column.offsets, np.int64)
+    offsets = offsets - offsets[0]
+    has_groups = isinstance(batch, pa.Table | pa.RecordBatch) and "text_groups" in batch.schema.names
+    has_groups = has_groups or (isinstance(batch, Mapping) and "text_groups" in batch)
+    if not has_groups:
+        return (np.arange(offsets[-1]) - np.repeat(offsets[:-1], np.diff(offsets))).astype(np.int64), offsets
+    groups = _column(batch, "text_groups")
+    groups = groups.combine_chunks() if isinstance(groups, pa.ChunkedArray) else groups
+    if not isinstance(groups, pa.Array):
+        groups = pa.array(list(groups), pa.list_(pa.int8()))
+    flat = np.asarray(groups.flatten().to_numpy(zero_copy_only=False), np.int64)
+    if len(flat) != offsets[-1] or not np.array_equal(np.asarray(groups.offsets) - groups.offsets[0].as_py(), offsets):
+        raise ValueError("text_groups and texts disagree: one group per text")
+    return flat, offsets
 
 
 def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -296,15 +369,16 @@ def validate_table(data: pa.Table | pa.Schema, where: str = "table", check_rows:
     version = (schema.metadata or {}).get(VERSION_KEY)
     if version is None:
         raise ValueError(f"{where}: no {VERSION_KEY.decode()} metadata: not written with pipelines.schema.SCHEMA")
-    if int(version) != SCHEMA_VERSION:
-        raise ValueError(f"{where}: schema version {int(version)}, this code reads {SCHEMA_VERSION}")
-    for expected in SCHEMA:
+    if int(version) not in READABLE_VERSIONS:
+        raise ValueError(f"{where}: schema version {int(version)}, this code reads {READABLE_VERSIONS}")
+    expected_fields = [f for f in SCHEMA if int(version) > 1 or f.name in V1_FIELDS]
+    for expected in expected_fields:
         if expected.name not in schema.names:
             raise ValueError(f"{where}: missing field {expected.name!r}")
         found = schema.field(expected.name).type
         if not _same_type(found, expected.type):
             raise ValueError(f"{where}: field {expected.name!r} has type {found}, expected {expected.type}")
-    extra = sorted(set(schema.names) - set(SCHEMA.names))
+    extra = sorted(set(schema.names) - {f.name for f in expected_fields})
     if extra:
         raise ValueError(f"{where}: unexpected fields {extra}")
     if check_rows and isinstance(data, pa.Table):
@@ -313,6 +387,8 @@ def validate_table(data: pa.Table | pa.Schema, where: str = "table", check_rows:
 
 def _check_rows(table: pa.Table, where: str) -> None:
     for f in SCHEMA:
+        if f.name not in table.schema.names:  # text_groups in version 1
+            continue
         if not f.nullable and table.column(f.name).null_count:
             raise ValueError(f"{where}: field {f.name!r} has {table.column(f.name).null_count} nulls")
     n = pc.cast(table.column("num_points"), pa.int64())
@@ -328,20 +404,91 @@ def _check_rows(table: pa.Table, where: str) -> None:
         if pc.any(bad).as_py():
             uid = table.column("uid").filter(bad)[0].as_py()
             raise ValueError(f"{where}: shape {uid!r}: field {name!r} size disagrees with its counts")
+    if "text_groups" in table.schema.names:
+        counts = pc.list_value_length(table.column("text_groups"))
+        bad = pc.not_equal(counts, pc.list_value_length(table.column("texts")))
+        if pc.any(bad).as_py():
+            uid = table.column("uid").filter(bad)[0].as_py()
+            raise ValueError(f"{where}: shape {uid!r}: field 'text_groups' needs one group per text")
+        flat = pc.list_flatten(table.column("text_groups"))
+        if len(flat) and (pc.min(flat).as_py() < 0 or pc.max(flat).as_py() >= len(TEXT_GROUPS)):
+            raise ValueError(f"{where}: field 'text_groups' has values outside 0..{len(TEXT_GROUPS) - 1}")
     if pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
         raise ValueError(f"{where}: field 'uid' is not unique")
 
 
-def failure_row(uid: str, source: str, stage: str, error: BaseException, max_chars: int = 2000) -> dict[str, str]:
+def failure_row(uid: str, source: str, stage: str, error: BaseException, max_chars: int = 2000) -> dict[str, Any]:
     """One row of :data:`FAILURES_SCHEMA` for ``error`` raised while processing ``uid`` at ``stage``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
     message = str(error)[:max_chars]
-    return {"uid": uid, "source": source, "stage": stage, "error_type": type(error).__name__, "message": message}
+    return {
+        "uid": uid,
+        "source": source,
+        "stage": stage,
+        "error_type": type(error).__name__,
+        "message": message,
+        "transient": error_is_transient(stage, error),
+    }
 
 
-def failures_to_table(rows: Iterable[Mapping[str, str]]) -> pa.Table:
+def failures_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=FAILURES_SCHEMA)
+
+
+# Which failures a re-run with ``retry_failures`` builds again (docs/dataset.md, "Failures"). Downloads, the
+# teacher and the shard writer fail for reasons that pass (a hub answering 503, a teacher out of GPU memory); a
+# mesh that does not load, sample or render fails the same way on every run, and so does a row make_row refuses.
+TRANSIENT_STAGES = ("fetch", "embed_image", "embed_text", "write")
+# The machine's errors, not the input's: transient in every stage (torch's out-of-memory is OutOfMemoryError).
+MACHINE_ERRORS = (
+    "MemoryError",
+    "OutOfMemoryError",
+    "TimeoutError",
+    "ConnectionError",
+    "ConnectionResetError",
+    "ConnectionRefusedError",
+    "ConnectionAbortedError",
+    "BrokenPipeError",
+)
+# Refusals of the input: permanent at fetch (a locator that is no path) and write (make_row's checks).
+INPUT_ERRORS = ("ValueError", "MeshError")
+# HTTP answers that say the file is not there to fetch: 4xx, but for timeout and rate limit.
+RETRIED_4XX = (408, 429)
+
+
+def is_transient(stage: str, error_types: Sequence[str], http_status: int | None = None) -> bool:
+    """Whether a failure at ``stage`` may pass on a re-run.
+
+    ``error_types`` is the exception's class name and, when the exception itself is at hand, its bases'
+    (a row read back knows the class name only); ``http_status`` is the server's answer to a fetch."""
+    if any(t in MACHINE_ERRORS for t in error_types):
+        return True
+    if stage not in TRANSIENT_STAGES:
+        return False
+    if stage in ("embed_image", "embed_text"):
+        return True  # the teacher fails whole batches: out of memory, a device error, one bad neighbour
+    if any(t in INPUT_ERRORS for t in error_types):
+        return False
+    return http_status is None or not (400 <= http_status < 500 and http_status not in RETRIED_4XX)
+
+
+def error_is_transient(stage: str, error: BaseException) -> bool:
+    """:func:`is_transient` for an exception: its class and bases, and its ``status`` (``DownloadError``)."""
+    status = getattr(error, "status", None)
+    names = [cls.__name__ for cls in type(error).__mro__]
+    return is_transient(stage, names, status if isinstance(status, int) else None)
+
+
+def failure_is_transient(row: Mapping[str, Any]) -> bool:
+    """A failures-table row: its recorded ``transient``, else (a table written before that column) the rule
+    applied to its stage, error type and the last ``HTTP <code>`` in its message (pipelines.download's)."""
+    if row.get("transient") is not None:
+        return bool(row["transient"])
+    message = row.get("message") or ""
+    _, found, rest = message.rpartition("HTTP ")
+    status = int(rest[:3]) if found and rest[:3].isdigit() else None
+    return is_transient(row["stage"], [row.get("error_type") or ""], status)
 
 
 @dataclass
@@ -371,47 +518,19 @@ class Manifest:
         unknown, missing = sorted(set(data) - names), sorted(required - set(data))
         if unknown or missing:
             raise ValueError(f"{where}: unknown manifest keys {unknown}, missing keys {missing}")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{where}: schema version {data.get('schema_version')}, this code reads {SCHEMA_VERSION}")
+        if data.get("schema_version") not in READABLE_VERSIONS:
+            version = data.get("schema_version")
+            raise ValueError(f"{where}: schema version {version}, this code reads {READABLE_VERSIONS}")
         bad_stages = sorted(set(data.get("failures", {})) - set(STAGES))
         if bad_stages:
             raise ValueError(f"{where}: unknown failure stages {bad_stages}")
         return cls(**data)
 
 
-def _resolve(path_or_uri: str | os.PathLike) -> tuple[pafs.FileSystem | None, str]:
-    """-> (None, local path) or (a pyarrow filesystem, path within it)."""
-    path = os.fspath(path_or_uri)
-    if "://" not in path:
-        return None, path
-    fs, inner = pafs.FileSystem.from_uri(path)
-    return (None, inner) if isinstance(fs, pafs.LocalFileSystem) else (fs, inner)
-
-
 def write_manifest(path_or_uri: str | os.PathLike, manifest: Manifest) -> None:
     """Write ``manifest`` so that readers see the old file or the new one, never a partial one."""
-    fs, path = _resolve(path_or_uri)
-    payload = manifest.to_json().encode()
-    if fs is not None:  # object stores publish an object whole when its upload completes
-        with fs.open_output_stream(path) as out:
-            out.write(payload)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # same folder, so the rename below stays on one filesystem
-    try:
-        with open(tmp, "xb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    Location.of(path_or_uri).write_bytes(manifest.to_json().encode())
 
 
 def read_manifest(path_or_uri: str | os.PathLike) -> Manifest:
-    fs, path = _resolve(path_or_uri)
-    with (fs or pafs.LocalFileSystem()).open_input_stream(path) as f:
-        text = f.read().decode()
-    return Manifest.from_json(text, where=os.fspath(path_or_uri))
+    return Manifest.from_json(Location.of(path_or_uri).read_text(), where=os.fspath(path_or_uri))

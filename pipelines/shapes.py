@@ -25,6 +25,7 @@ class ShapeRef:
     category: str = ""  # "" when unknown
     texts: list[str] = field(default_factory=list)  # candidate texts; the plain category name among them
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific, JSON-serialisable
+    text_groups: list[int] = field(default_factory=list)  # per text, schema.TEXT_GROUPS index; [] = all "name"
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -33,6 +34,7 @@ class ShapeRef:
             "locator": self.locator,
             "category": self.category,
             "texts": list(self.texts),
+            "text_groups": list(self.text_groups),  # [] = every text "name"
             "extra": json.dumps(self.extra, sort_keys=True),  # one string column: Arrow needs fixed types
         }
 
@@ -45,6 +47,7 @@ class ShapeRef:
             category=str(row.get("category") or ""),
             texts=[str(t) for t in (row.get("texts") if row.get("texts") is not None else [])],
             extra=json.loads(row.get("extra") or "{}"),
+            text_groups=[int(g) for g in (row.get("text_groups") or [])],
         )
 
 
@@ -54,6 +57,7 @@ class ShapeData:
     has_color: bool
     mesh: Mesh | None = None  # what the renderer draws; None when the source ships only points
     texts: list[str] | None = None  # replaces the ref's texts when the source only knows them now
+    text_groups: list[int] | None = None  # with texts: the group of each (schema.TEXT_GROUPS index)
     view_embeddings: np.ndarray | None = None  # (K, E) precomputed by the source, with its teacher
     text_embeddings: np.ndarray | None = None  # (T, E) precomputed, one per text
     teacher: str = ""  # the teacher name the precomputed embeddings were made with

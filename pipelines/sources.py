@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipelines.mesh_io import load_mesh
 from pipelines.procedural import CATEGORIES, make_shape
 from pipelines.sampling import sample_points
 from pipelines.shapes import ShapeData, ShapeRef, StageError
+from pipelines.storage import is_uri
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 
@@ -42,7 +44,7 @@ def list_shapes(cfg: SourceConfig, output: str) -> Iterator[ShapeRef]:
 
         if not cfg.root:
             raise ValueError("source.root must name the folder of OpenShape's files for source.kind=openshape")
-        return list_openshape(OpenShapeConfig(root=cfg.root, split=cfg.split))
+        return list_openshape(OpenShapeConfig(root=cfg.root, split=cfg.split, text_filter=cfg.text_filter))
     raise ValueError(f"unknown source kind {cfg.kind!r}")
 
 
@@ -68,9 +70,26 @@ def list_local(cfg: SourceConfig) -> Iterator[ShapeRef]:
         rel = path.relative_to(root).as_posix()
         info = meta.get(rel) or meta.get(path.name) or meta.get(path.stem) or {}
         category = str(info.get("category") or (path.parent.name if cfg.category_from == "parent" else ""))
-        texts = [str(t) for t in info.get("texts") or []]
+        texts, groups = metadata_texts(info)
         uid = str(info.get("uid") or rel)  # the extension stays: pig.off and pig.stl are two shapes
-        yield ShapeRef(uid=uid, source="local", locator=str(path), category=category, texts=texts)
+        yield ShapeRef(uid=uid, source="local", locator=str(path), category=category, texts=texts, text_groups=groups)
+
+
+# Metadata keys of the three text groups (schema.TEXT_GROUPS): names/tags, captions, retrieval texts.
+METADATA_TEXT_KEYS = {"texts": 0, "captions": 1, "retrieval_texts": 2}
+
+
+def metadata_texts(info: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """A metadata row's ``texts`` (names), ``captions`` and ``retrieval_texts`` -> texts and their groups."""
+    texts: list[str] = []
+    groups: list[int] = []
+    for key, group in METADATA_TEXT_KEYS.items():
+        for text in info.get(key) or []:
+            text = str(text).strip()
+            if text and text not in texts:
+                texts.append(text)
+                groups.append(group)
+    return texts, groups
 
 
 def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
@@ -85,7 +104,8 @@ def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
     if path.suffix == ".csv":
         rows: list[Any] = list(csv.DictReader(text.splitlines()))
         for row in rows:
-            row["texts"] = [t for t in (row.get("texts") or "").split("|") if t]
+            for key in METADATA_TEXT_KEYS:
+                row[key] = [t for t in (row.get(key) or "").split("|") if t]
     elif path.suffix == ".jsonl":
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     else:
@@ -119,22 +139,36 @@ def materialise(ref: ShapeRef, num_points: int, seed: int, context: dict[str, An
 
         data = _timed(times, "load", lambda: load_openshape_shape(ref, context["teacher_name"], num_points=num_points))
         return data, times
-    mesh, texts = _load(ref, context, times)
+    mesh, texts, groups = _load(ref, context, times)
     sample = _timed(times, "sample", lambda: sample_points(mesh, num_points=num_points, seed=shape_seed(ref.uid, seed)))
-    texts = texts or ref.texts or ([ref.category] if ref.category else [Path(ref.locator).stem.replace("_", " ")])
-    return ShapeData(points=sample.points, has_color=sample.has_color, mesh=mesh, texts=list(texts)), times
+    if not texts:
+        texts, groups = ref.texts, ref.text_groups
+    if not texts:  # a name is all there is
+        texts, groups = [ref.category or Path(ref.locator).stem.replace("_", " ")], [0]
+    data = ShapeData(
+        points=sample.points,
+        has_color=sample.has_color,
+        mesh=mesh,
+        texts=list(texts),
+        text_groups=list(groups) or [0] * len(texts),
+    )
+    return data, times
 
 
-def _load(ref: ShapeRef, context: dict[str, Any], times: dict[str, float]) -> tuple[Any, list[str] | None]:
+def _load(ref: ShapeRef, context: dict[str, Any], times: dict[str, float]) -> tuple[Any, list[str], list[int]]:
     if ref.source == "procedural":
         category, seed = ref.locator.split(":")
         shape = _timed(times, "load", lambda: make_shape(category, int(seed)))
-        return shape.to_mesh(), shape.texts
+        return shape.to_mesh(), shape.texts, shape.text_groups
     if ref.source == "local":
-        return _timed(times, "load", lambda: load_mesh(ref.locator, up_axis=context.get("up_axis", "y"))), None
+        return _timed(times, "load", lambda: load_mesh(ref.locator, up_axis=context.get("up_axis", "y"))), [], []
     if ref.source == "objaverse":
         path = _timed(times, "fetch", lambda: context["downloader"].fetch(ref.locator))
-        return _timed(times, "load", lambda: load_mesh(path, up_axis="y")), None  # Objaverse glTF is Y-up
+        try:
+            return _timed(times, "load", lambda: load_mesh(path, up_axis="y")), [], []  # Objaverse glTF is Y-up
+        finally:
+            if not context.get("keep_downloads", True):
+                path.unlink(missing_ok=True)
     raise StageError("load", ValueError(f"shape {ref.uid!r}: unknown source {ref.source!r}"))
 
 
@@ -149,7 +183,7 @@ def _timed(times: dict[str, float], stage: str, fn: Any) -> Any:
 
 
 def objaverse_config(cfg: SourceConfig, output: str) -> Any:
-    from pipelines.objaverse import ObjaverseConfig
+    from pipelines.objaverse import ObjaverseConfig, hf_base_url
 
     kwargs: dict[str, Any] = {
         "lvis": cfg.lvis,
@@ -157,6 +191,16 @@ def objaverse_config(cfg: SourceConfig, output: str) -> Any:
         "retries": cfg.download_retries,
         "timeout_s": cfg.download_timeout_s,
     }
-    if cfg.base_url:
-        kwargs["base_url"] = cfg.base_url
-    return ObjaverseConfig(cache_dir=cfg.root or f"{output}/cache/objaverse", **kwargs)
+    kwargs["base_url"] = cfg.base_url or hf_base_url()
+    return ObjaverseConfig(cache_dir=objaverse_cache(cfg, output), **kwargs)
+
+
+def objaverse_cache(cfg: SourceConfig, output: str) -> str:
+    """The download cache: ``source.cache_dir``, else next to a local build, else node-local scratch (an
+    ``s3://`` output is no folder to download into)."""
+    if cfg.cache_dir or cfg.root:
+        return os.path.abspath(os.path.expanduser(cfg.cache_dir or cfg.root))
+    if not is_uri(output):
+        return os.path.join(os.path.abspath(output), "cache", "objaverse")
+    scratch = os.environ.get("UNI3D_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "uni3d")
+    return os.path.join(scratch, "objaverse")

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from pipelines.schema import decode_points, encode_embeddings, encode_points, make_row
+from pipelines import faults
+from pipelines.schema import decode_points, encode_embeddings, encode_points, error_is_transient, make_row
 from pipelines.shapes import ShapeRef, StageError
 
 # The listing the build streams: one row per shape (``ShapeRef.to_row``).
@@ -31,11 +32,12 @@ LISTING_SCHEMA = pa.schema(
         ("locator", pa.string()),
         ("category", pa.string()),
         ("texts", pa.list_(pa.string())),
+        ("text_groups", pa.list_(pa.int8())),
         ("extra", pa.string()),
     ]
 )
 
-# Columns added to the listing by the workers (the listing has uid, source, locator, category, texts, extra).
+# Columns added to the listing by the workers (the listing has uid, source, locator, category, texts, ...).
 WORK_COLUMNS: dict[str, pa.DataType] = {
     "has_color": pa.bool_(),
     "num_points": pa.int32(),
@@ -55,6 +57,7 @@ WORK_COLUMNS: dict[str, pa.DataType] = {
     "error_stage": pa.string(),
     "error_type": pa.string(),
     "error_message": pa.string(),
+    "error_transient": pa.bool_(),  # schema.error_is_transient: a re-run may pass it
     "seconds": pa.map_(pa.string(), pa.float64()),  # per-stage wall time of this row
     "shape_worker": pa.string(),  # the ShapeWorker actor that did the row, and its node
     "shape_node": pa.string(),
@@ -94,6 +97,7 @@ def _rows(batch: pa.Table) -> list[dict[str, Any]]:
 
 def _fail(row: dict[str, Any], stage: str, err: BaseException) -> None:
     row.update(error_stage=stage, error_type=type(err).__name__, error_message=str(err)[:2000])
+    row["error_transient"] = error_is_transient(stage, err)  # decided here, where the exception is at hand
 
 
 def _table(rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> pa.Table:
@@ -151,7 +155,9 @@ class ShapeWorker:
                 _fail(row, err.stage, err.cause)
                 continue
             row["seconds"].update(seconds)
-            row.update(encode_points(data.points), has_color=data.has_color, texts=data.texts or row["texts"])
+            row.update(encode_points(data.points), has_color=data.has_color)
+            if data.texts:
+                row.update(texts=data.texts, text_groups=data.text_groups or [0] * len(data.texts))
             if data.view_embeddings is not None:
                 row["pre_view_embeddings"] = encode_embeddings(data.view_embeddings)
             if data.text_embeddings is not None:
@@ -242,11 +248,12 @@ class Embedder:
             row["seconds"]["embed_text"] = (time.perf_counter() - start) / max(1, len(rows))
 
 
-def write_shards(batch: pa.Table, output: str) -> pa.Table:
+def write_shards(batch: pa.Table, output: str, fault: dict[str, int] | None = None) -> pa.Table:
     """Write one Parquet shard (atomically, name from its uids) plus a failures file for ``batch``.
 
     A Ray Data task, not an actor: it holds nothing between batches, so writers grow with the cluster.
     Returns one ``SUMMARY_SCHEMA`` row per shape, which the driver reduces into progress and stats.
+    ``fault`` is for tests only (``pipelines.faults.writer_fault``).
     """
     from pipelines.build_io import BuildStore
 
@@ -269,6 +276,7 @@ def write_shards(batch: pa.Table, output: str) -> pa.Table:
                     "stage": stage,
                     "error_type": row.get("error_type") or "Error",
                     "message": row.get("error_message") or "",
+                    "transient": row.get("error_transient"),
                 }
             )
         summary.append(
@@ -276,8 +284,11 @@ def write_shards(batch: pa.Table, output: str) -> pa.Table:
             | {"stage": stage, "seconds": dict(row.get("seconds") or []), "shard": name}
         )
     start = time.perf_counter()
-    BuildStore(output).write_shard(name, good, failures)
+    store = BuildStore(output)
+    store.write_shard(name, good, failures)
     written_at = time.time()
+    if fault:
+        faults.after_shard_written(fault, lambda: len(store.shard_files()))
     for s in summary:
         s["seconds"]["write"] = (time.perf_counter() - start) / max(1, len(summary))
         s["written_at"] = written_at
@@ -291,6 +302,7 @@ def _schema_row(row: dict[str, Any]) -> dict[str, Any]:
         source=row["source"],
         category=row["category"] or None,
         texts=row["texts"],
+        text_groups=row.get("text_groups") or None,
         points=decode_points(row["xyz"], row["rgb"]),
         has_color=row["has_color"],
         teacher=row["teacher"],

@@ -2,7 +2,7 @@
 
 One interface over both, so the training loop does not know which runs: ``forward`` gives the
 embeddings and the logit scale, ``step`` does backward, clipping, the optimiser step and the logit
-scale clamp (spec §5), ``skip`` drops a step whose loss was not finite, ``save``/``load`` write and read
+scale clamp (docs/method.md §5), ``skip`` drops a step whose loss was not finite, ``save``/``load`` write and read
 the full training state (model, optimiser, DeepSpeed partitions), and ``export`` gives rank 0 a plain
 ``uni3d.Uni3D`` with the full weights for our checkpoint format.
 
@@ -10,6 +10,12 @@ DeepSpeed keeps an fp32 master copy of every parameter in the optimiser's partit
 and after each step copies it back into the module. Clamping only the module's ``logit_scale`` (what
 the official code does) is therefore undone on the next step: the clamp here writes the master
 copy too. Torch distributed is already set up (by Ray Train) when these are built.
+
+bf16 (DeepSpeed casts the module's parameters to bf16; DDP keeps fp32 weights under autocast): the
+exported model and the checkpoints' ``model/`` are the fp32 master weights (not bf16 module weights
+upcast), BatchNorm running statistics stay fp32 (kept so in DeepSpeed's config; the tokenizer's
+BatchNorms normalise in fp32), and the loss multiplies by exp of the fp32 master logit scale: the bf16 copy of
+ln(1/0.07) is 2.656 instead of 2.659, a 0.3% error in s, and the clamp's bound ln 100 is not a bf16 value.
 """
 
 from __future__ import annotations
@@ -94,8 +100,9 @@ class Engine(ABC):
         """Restore the training state written by ``save`` (all ranks' parts are in ``folder``)."""
 
     @abstractmethod
-    def export(self) -> contextlib.AbstractContextManager[Uni3D]:
-        """Context giving the full model (every rank enters it: ZeRO-3 gathers the weights)."""
+    def export(self, keep: bool = True) -> contextlib.AbstractContextManager[Uni3D]:
+        """Context giving the full model with fp32 weights (every rank enters it: ZeRO-3 gathers the weights,
+        bf16 gathers the fp32 masters); ranks with ``keep`` False need not get a copy they do not save."""
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -164,8 +171,8 @@ class DDPEngine(Engine):
         self.model.load_state_dict(state)
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
 
-    def export(self) -> contextlib.AbstractContextManager[Uni3D]:
-        return scalar_logit_scale(self.model)
+    def export(self, keep: bool = True) -> contextlib.AbstractContextManager[Uni3D]:
+        return scalar_logit_scale(self.model)  # fp32 weights: autocast computes in bf16, stores nothing in it
 
 
 def deepspeed_config(
@@ -180,8 +187,13 @@ def deepspeed_config(
         "gradient_clipping": grad_clip,
         "zero_optimization": {"stage": zero_stage},
         "bf16": {"enabled": precision == "bf16"},
-        # DeepSpeed casts only parameters; BatchNorm in the tokenizer needs its statistics in the same dtype
-        **({"data_types": {"buffer_dtype": "bf16"}} if precision == "bf16" else {}),
+        # buffers follow the parameters (the EVA blocks' zero k bias is concatenated with the bf16 q/v biases),
+        # except the BatchNorm running statistics, which stay fp32 (uni3d.tokenizer.Fp32BatchNorm1d)
+        **(
+            {"data_types": {"buffer_dtype": "bf16", "keep_in_fp32_modules": ["running_mean", "running_var"]}}
+            if precision == "bf16"
+            else {}
+        ),
         "zero_allow_untested_optimizer": True,  # our AdamW with layer-decay groups
         "steps_per_print": 2**62,  # we log ourselves
         "wall_clock_breakdown": False,
@@ -210,18 +222,27 @@ class DeepSpeedEngine(Engine):
 
         self._ds = deepspeed
         self.zero_stage = zero_stage
+        self.precision = precision
+        # frozen parameters have no fp32 master: keep their fp32 values from before DeepSpeed's bf16 cast
+        self._frozen = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if not p.requires_grad}
         module = TrainModule(model)
         config = deepspeed_config(batch_size, grad_clip, zero_stage, precision, extra_config)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
         if zero_stage == 3:  # TrainModule.forward reads the child's logit_scale: ZeRO-3 must gather it there
             deepspeed.zero.register_external_parameter(module, model.logit_scale)
         self.model = model
+        self._scale_master: Tensor | None = None  # fp32 master of the logit scale, shape (1,)
         if resume is not None:
             self.load(resume)
+        else:
+            self._read_scale_master()
 
     def forward(self, pc: Tensor) -> tuple[Tensor, Tensor]:
         emb, scale = self.engine(pc)
-        return emb.float(), scale.float()
+        scale = scale.float()
+        if self._scale_master is not None:  # the fp32 value; the gradient still flows to the bf16 parameter
+            scale = scale + (self._scale_master.to(scale.device) - scale).detach()
+        return emb.float(), scale
 
     def step(self, loss: Tensor) -> float:
         self.engine.backward(loss)
@@ -230,15 +251,22 @@ class DeepSpeedEngine(Engine):
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
+    def _read_scale_master(self) -> Tensor | None:
+        master = self._ds.utils.safe_get_full_fp32_param(self.model.logit_scale)  # collective: every rank calls it
+        self._scale_master = None if master is None else master.detach().float().reshape(1).clone()
+        return master
+
     def _clamp_logit_scale(self) -> None:
         param = self.model.logit_scale
-        master = self._ds.utils.safe_get_full_fp32_param(param)  # collective: every rank calls it
+        master = self._read_scale_master()
         if master is None:
             return
         value = float(master.reshape(-1)[0])
         if 0.0 <= value <= MAX_LOGIT_SCALE:
             return
-        self._ds.utils.safe_set_full_fp32_param(param, master.clamp(0.0, MAX_LOGIT_SCALE))
+        clamped = master.clamp(0.0, MAX_LOGIT_SCALE)
+        self._ds.utils.safe_set_full_fp32_param(param, clamped)
+        self._scale_master = clamped.detach().float().reshape(1).clone()
         gather = self._ds.zero.GatheredParameters([param], modifier_rank=0) if self.zero_stage == 3 else None
         with gather or contextlib.nullcontext():
             with torch.no_grad():
@@ -249,7 +277,7 @@ class DeepSpeedEngine(Engine):
 
     def save(self, folder: Path, rank: int, meta: dict[str, Any]) -> bool:
         self.engine.save_checkpoint(str(folder / "deepspeed"), tag=self.TAG)  # collective; each rank its shard
-        with self.export() as model:  # collective for ZeRO-3
+        with self.export(keep=rank == 0) as model:  # collective
             if rank == 0:
                 uni3d.save_checkpoint(model, folder / "model", meta=meta)
         return True
@@ -258,10 +286,40 @@ class DeepSpeedEngine(Engine):
         path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag=self.TAG, load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {folder / 'deepspeed'} (tag {self.TAG!r})")
+        self._read_scale_master()
 
     @contextlib.contextmanager
-    def export(self):  # type: ignore[override]
+    def export(self, keep: bool = True):  # type: ignore[override]
+        """The full model with fp32 weights. Under bf16 these are the optimiser's fp32 masters, gathered
+        parameter by parameter (a collective: every rank enters) into a new model on the CPU that only the
+        ranks with ``keep`` build; the others get the training model, which they must not save."""
+        if self.precision == "bf16":
+            state: dict[str, Tensor] = {}
+            for name, param in self.model.named_parameters():
+                if name in self._frozen:
+                    state[name] = self._frozen[name].float()
+                    continue
+                master = self._ds.utils.safe_get_full_fp32_param(param)
+                if master is None:
+                    raise RuntimeError(f"DeepSpeed holds no fp32 master for {name}")
+                if keep:
+                    state[name] = master.detach().float().cpu().clone()
+            if not keep:
+                yield self.model
+                return
+            buffers = {name: buf.detach().cpu().clone() for name, buf in self.model.named_buffers()}
+            state["logit_scale"] = state["logit_scale"].reshape(())
+            with torch.device("meta"):  # no random init of a model about to be overwritten
+                full = Uni3D(self.model.cfg)
+            persistent = set(full.state_dict())
+            full.load_state_dict({**state, **{k: v for k, v in buffers.items() if k in persistent}}, assign=True)
+            for name, buf in buffers.items():  # non-persistent ones (rope tables, zero k biases)
+                if name not in persistent:
+                    owner, _, leaf = name.rpartition(".")
+                    full.get_submodule(owner)._buffers[leaf] = buf
+            yield full
+            return
         params = list(self.model.parameters())
         gather = self._ds.zero.GatheredParameters(params, modifier_rank=None) if self.zero_stage == 3 else None
         with gather or contextlib.nullcontext(), scalar_logit_scale(self.model) as model:
-            yield model  # bf16 weights are saved as fp32 by uni3d.save_checkpoint
+            yield model

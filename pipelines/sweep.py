@@ -6,12 +6,13 @@ the trainer and Ray Train's workers take their own resources, so the driver caps
 once to what the cluster fits. Only the reports that carry the sweep's metric (the periodic held-out
 zero-shot evaluation) reach Tune, which is what its schedulers (ASHA) and searchers (Optuna) act on.
 
-Layout of ``<storage>/<name>/``: ``sweep.json`` (the resolved sweep), Tune's experiment state and one
-folder per trial (``result.json``, ``progress.csv``, ``error.txt``), ``runs/<run>/`` (each trial's
-pretraining run: ``config.json``, ``metrics.jsonl``, ``tensorboard/`` with the trial's hyperparameters
-in the HParams view, checkpoints, ``final/``), ``report/`` (``pipelines.sweep_report``, refreshed while
-the sweep runs) and ``mlflow.db`` when MLflow is installed. Re-running the same sweep restores it with
-``Tuner.restore``: finished trials are kept, interrupted ones resume from their last checkpoint.
+Layout of ``<storage>/<name>/``: ``sweep.json`` (the resolved sweep), Tune's experiment state,
+``scheduler_state.pkl`` (ASHA's rungs), one folder per trial (``result.json``, ``progress.csv``,
+``error.txt``), ``runs/<run>/`` (each trial's pretraining run: ``config.json``, ``metrics.jsonl``,
+``tensorboard/`` with the trial's hyperparameters in the HParams view, checkpoints, ``final/``),
+``report/`` (``pipelines.sweep_report``, refreshed while the sweep runs) and ``mlflow.db`` when MLflow
+is installed. Re-running the same sweep restores it with ``Tuner.restore``: finished trials are kept,
+interrupted ones resume from their last checkpoint, and ASHA keeps the rungs it had recorded.
 """
 
 from __future__ import annotations
@@ -21,19 +22,26 @@ import importlib.util
 import json
 import math
 import os
+import pickle
+import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import TrialScheduler
 
+from pipelines import faults
 from pipelines.settings import ConfigError, Layer
+from pipelines.storage import Location, is_uri
 from pipelines.sweep_report import TrialRecord, read_metrics_file, summarise_metrics, write_report
 from pipelines.sweep_space import SweepConfig, SweepPlan, fill_templates, plan_sweep, trial_config, trial_context
 from pipelines.trainer import DataPrep, data_key, prepare_data, run_pretrain
+
+SCHEDULER_STATE = "scheduler_state.pkl"  # ResumableASHA's rungs, in the sweep's folder
 
 
 class MetricReportCallback(TuneReportCallback):
@@ -69,16 +77,16 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     params = {k: config[k] for k in spec.fields}
     name = run_name(spec.sweep, params, trial_id)
     cfg = trial_config(spec.sweep, params, list(spec.sets), name)
-    run_dir = Path(cfg.storage) / cfg.name
+    run_dir = Location.of(cfg.storage) / cfg.name
     if (run_dir / "final").is_dir():  # it ended after Tune last saved its state (a restored sweep): done
         lines = read_metrics_file(run_dir / "metrics.jsonl", missing_ok=True)
         last = next((m for m in reversed(lines) if spec.sweep.metric in m), None)
         if last is not None:
             tune.report(last)
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "trial_starts.jsonl", "a") as f:  # one line per start: a restored sweep adds one
-        f.write(json.dumps({"trial_id": trial_id, "time": time.time(), "pid": os.getpid()}) + "\n")
+    starts = run_dir / "trial_starts.jsonl"  # one line per start: a restored sweep adds one
+    before = starts.read_text() if starts.is_file() else ""  # rewritten whole: object stores do not append
+    starts.write_text(before + json.dumps({"trial_id": trial_id, "time": time.time(), "pid": os.getpid()}) + "\n")
     hparams = {k: _hparam(getattr(cfg, k)) for k in spec.fields}
     prepared = next((p for p in spec.prepared if p.key == data_key(cfg)), None)
     callbacks = [MetricReportCallback(spec.sweep.metric)]
@@ -130,10 +138,52 @@ def check_resources(cfg: SweepConfig, plan: SweepPlan) -> int:
     return max(1, fit)
 
 
+class ResumableASHA(tune.schedulers.ASHAScheduler):
+    """ASHA whose rungs survive a restored sweep.
+
+    ``Tuner.restore`` brings back the trials and the searcher's state, but the scheduler comes back as it was
+    built, with empty rungs: the trials run after a resume were compared only with each other, so a trailing
+    trial went on whenever it reached a rung first. This one writes its state (what ASHA's own ``save``
+    pickles: its ``__dict__``) to ``state_file``, a local path or a URI, after every decision, and reads it
+    back when a restored sweep adds its first trial.
+    """
+
+    def __init__(self, state_file: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state_file = state_file
+        self._restored = False
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if not self._restored:
+            self._restored = True
+            saved = Location.of(self.state_file)
+            if saved.is_file():
+                self.__dict__.update(pickle.loads(saved.read_bytes()))  # as ASHA's own restore() does
+                self.state_file, self._restored = str(saved), True  # the sweep's folder may have moved
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        if result.get(self._time_attr, 0) >= self._max_t:
+            # ASHA stops a trial that reaches max_t; that is its last step here, and a trial stopped by Tune
+            # would be killed before it writes final/. It ends by itself.
+            return TrialScheduler.CONTINUE
+        return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def _save(self) -> None:
+        Location.of(self.state_file).write_bytes(pickle.dumps(self.__dict__))  # whole: a kill leaves the last one
+
+
 def _scheduler(cfg: SweepConfig, plan: SweepPlan) -> Any:
     if cfg.scheduler == "fifo":
         return tune.schedulers.FIFOScheduler()
-    return tune.schedulers.ASHAScheduler(
+    return ResumableASHA(
+        state_file=str(cfg.folder / SCHEDULER_STATE),
         time_attr="step",
         max_t=max(plan.max_steps, cfg.grace_period + 1),
         grace_period=cfg.grace_period,
@@ -156,14 +206,23 @@ def _mlflow(cfg: SweepConfig) -> list[Any]:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    uri = cfg.mlflow_tracking_uri or f"sqlite:///{cfg.folder / 'mlflow.db'}"  # MLflow 3 retired file stores
+    uri = cfg.mlflow_tracking_uri or f"sqlite:///{_mlflow_db(cfg)}"  # MLflow 3 retired file stores
     return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=cfg.name, save_artifact=False)]
+
+
+def _mlflow_db(cfg: SweepConfig) -> str:
+    """``<sweep>/mlflow.db``; a sweep in object storage keeps it on the driver's scratch (SQLite needs a file)."""
+    if cfg.folder.local:
+        return str(cfg.folder / "mlflow.db")
+    scratch = Path(os.environ.get("UNI3D_CACHE") or Path.home() / ".cache" / "uni3d") / "mlflow"
+    scratch.mkdir(parents=True, exist_ok=True)
+    return str(scratch / f"{cfg.name}.db")
 
 
 def check_same_sweep(cfg: SweepConfig, sets: list[Layer]) -> None:
     """A re-run under an existing name must be the same sweep: say what differs."""
     saved_file = cfg.folder / "sweep.json"
-    if not saved_file.exists():
+    if not saved_file.is_file():
         return
     saved = json.loads(saved_file.read_text())
     current = _describe(cfg, sets)
@@ -184,9 +243,9 @@ def _describe(cfg: SweepConfig, sets: list[Layer]) -> dict[str, Any]:
 
 @dataclass
 class SweepResult:
-    folder: Path
+    folder: Location
     records: list[TrialRecord]
-    report: Path
+    report: Location
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -201,7 +260,7 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     plan = plan_sweep(cfg, sets)
     concurrent = check_resources(cfg, plan)
     check_same_sweep(cfg, sets)
-    cfg.folder.mkdir(parents=True, exist_ok=True)
+    cfg.folder.mkdir()
     (cfg.folder / "sweep.json").write_text(json.dumps(_describe(cfg, sets), indent=2))
     # Shape counts and the held-out split (its class names embedded by the teacher) once, not once per trial.
     prepared = tuple(prepare_data(train) for train in plan.by_data.values())
@@ -212,11 +271,15 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     # differently named copy of every curve under the same logdir. Its JSON and CSV loggers stay.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     callbacks = [tune.logger.JsonLoggerCallback(), tune.logger.CSVLoggerCallback(), reporter, *_mlflow(cfg)]
+    kill_after = int(faults.faults().get("sweep_kill_after_trials", 0) or 0)  # tests only ($UNI3D_FAULTS)
+    if kill_after:
+        callbacks.append(KillAfterTrials(kill_after, cfg.folder))
     total = plan.num_trials * cfg.num_samples if plan.num_trials else cfg.num_samples
     if tune.Tuner.can_restore(str(cfg.folder)):
         log(f"[sweep] resuming {cfg.folder}: finished trials are kept, interrupted ones continue")
         tuner = tune.Tuner.restore(str(cfg.folder), trainable, resume_unfinished=True, resume_errored=False)
     else:
+        (cfg.folder / SCHEDULER_STATE).delete()  # left by a start killed before Tune saved
         log(f"[sweep] {total} trials over {', '.join(spec.fields)}; up to {concurrent} at once -> {cfg.folder}")
         tuner = tune.Tuner(
             trainable,
@@ -248,12 +311,15 @@ class _EndedTrial:
     """A finished trial as Tune's ResultGrid has it, with the attributes ``ReportCallback.record`` reads."""
 
     def __init__(self, result: Any) -> None:
-        path = Path(result.path)
-        self.trial_id = path.name  # trial folders are named by trial id (trial_dirname_creator)
+        # Tune puts the id in every result; the trial's folder is named by it too (trial_dirname_creator), but a
+        # trial restarted by a restored sweep gets a new folder with a suffix (<id>_1a2b) when the old one exists
+        folder = PurePosixPath(result.path).name
+        self.trial_id = (result.metrics or {}).get("trial_id") or re.sub(r"^(\w+_\d{5})_[0-9a-f]{4}$", r"\1", folder)
         self.status = "ERROR" if result.error is not None else "TERMINATED"
         self.config = result.config or {}
         self.last_result = result.metrics or {}
-        self.error_file = str(path / "error.txt")
+        self.error_file = ""
+        self.error_text = f"{type(result.error).__name__}: {result.error}" if result.error is not None else ""
 
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
@@ -264,15 +330,43 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         return str(Path(value).resolve()) if value and "://" not in str(value) else value
 
     def init(value: Any) -> Any:
-        return value if "{" in str(value) else type(value)(str(parse_init(str(value)).resolve()))
+        spec = parse_init(str(value))
+        if "{" in str(value) or spec.kind == "scratch" or is_uri(spec.path):
+            return value
+        return type(value)(str(spec.resolve()))
 
     space = dict(cfg.space)
     for key, fix in (("data", data), ("init", init)):
         if isinstance(space.get(key), list):
             space[key] = [fix(v) for v in space[key]]
     train = {**cfg.train, **({"init": init(cfg.train["init"])} if "init" in cfg.train else {})}
-    storage = str(Path(cfg.storage).resolve()) if "://" not in cfg.storage else cfg.storage
+    storage = str(Location.of(cfg.storage))  # absolute when local, a URI as given
     return dataclasses.replace(cfg, data=data(cfg.data), storage=storage, space=space, train=train)
+
+
+class KillAfterTrials(tune.Callback):
+    """Tests only (``pipelines.faults``): the sweep's driver kills itself once ``n`` trials have finished and
+    Tune's saved experiment state in the sweep's storage says so (Tune saves it every 10 s or more, and uploads it
+    in the background), so that a restore finds them finished."""
+
+    def __init__(self, n: int, folder: Location) -> None:
+        self.n, self.folder, self.finished, self.checked = n, folder, 0, 0.0
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.finished += 1
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self.finished < self.n or time.monotonic() - self.checked < 1.0:
+            return
+        if "sweep_kill_after_trials" not in faults.faults():
+            return  # Tuner.restore brings its callbacks back pickled: a restored sweep runs without the fault
+        self.checked = time.monotonic()
+        try:
+            saved = tune.ExperimentAnalysis(self.folder.path, storage_filesystem=self.folder.fs).trials
+        except Exception:  # nothing saved yet
+            return
+        if sum(t.status == "TERMINATED" for t in saved) >= self.n:
+            faults.kill_self(f"{self.n} trials finished and saved (sweep_kill_after_trials={self.n})")
 
 
 class ReportCallback(tune.Callback):
@@ -282,6 +376,7 @@ class ReportCallback(tune.Callback):
         self.cfg, self.spec, self.log = cfg, spec, log
         self.embed_dims = {k: m.embed_dim for k, m in plan.manifests.items()}
         self.trials: list[Any] = []
+        self.ended: dict[str, str] = {}  # trial id -> status: Tune calls on_trial_complete/error before setting it
         self.last = 0.0
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
@@ -299,10 +394,12 @@ class ReportCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.trials = trials
+        self.ended[trial.trial_id] = "TERMINATED"
         self.refresh(force=True)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.trials = trials
+        self.ended[trial.trial_id] = "ERROR"
         self.log(f"[sweep] {trial.trial_id} failed: {_error_line(trial)}")
         self.refresh(force=True)
 
@@ -325,7 +422,7 @@ class ReportCallback(tune.Callback):
     def _classes(self, run_dir: str) -> list[str]:
         """The held-out split's class names, from a run's config.json (empty until the run has started)."""
         saved = self.cfg.folder / run_dir / "config.json"
-        return json.loads(saved.read_text()).get("heldout", {}).get("classes", []) if saved.exists() else []
+        return json.loads(saved.read_text()).get("heldout", {}).get("classes", []) if saved.is_file() else []
 
     def values(self, trial: Any) -> dict[str, Any]:
         """The trial's swept values with templates filled in, as its run used them."""
@@ -341,10 +438,12 @@ class ReportCallback(tune.Callback):
         run_dir = self.cfg.folder / "runs" / name
         train = trial_config(self.cfg, params, list(self.spec.sets), name)
         saved = run_dir / "config.json"
-        total = json.loads(saved.read_text())["plan"]["total_steps"] if saved.exists() else 0
+        total = json.loads(saved.read_text())["plan"]["total_steps"] if saved.is_file() else 0
         summary = summarise_metrics(read_metrics_file(run_dir / "metrics.jsonl", missing_ok=True))
         cost = model_cost(train.model, self.embed_dims.get(train.data, 0) or 1024)
         status = str(trial.status)
+        if status == "RUNNING":
+            status = self.ended.get(trial.trial_id, status)
         if status == "TERMINATED" and total and summary["steps"] < total:
             status = "STOPPED"  # ended by the scheduler before its last step
         if status == "PAUSED":
@@ -366,15 +465,14 @@ class ReportCallback(tune.Callback):
             wall_s=float((trial.last_result or {}).get("time_total_s", 0.0)),
             error=_error_line(trial) if status == "ERROR" else "",
             curve=summary["curve"],
-            run_dir=str(Path("runs") / name),
+            run_dir=f"runs/{name}",
         )
 
 
 def _error_line(trial: Any) -> str:
-    """The exception line of the trial's error file (the last line of its traceback)."""
+    """The exception line of the trial's error file (the last line of its traceback), a local file on the
+    driver whatever the sweep's storage (Tune stages it there)."""
     path = trial.error_file
-    if path and os.path.exists(path):
-        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-        if lines:
-            return lines[-1][:300]
-    return "failed (no error file)"
+    text = getattr(trial, "error_text", "") or (Path(path).read_text() if path and os.path.exists(path) else "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "failed (no error file)"

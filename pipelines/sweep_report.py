@@ -1,4 +1,5 @@
-"""The report of a pretraining sweep: one folder that a browser opens from disk while the sweep runs.
+"""The report of a pretraining sweep: one folder that a browser opens from disk while the sweep runs
+(a local folder, or a URI such as ``s3://`` that ``pipelines.storage`` writes to).
 
 ``write_report`` writes, into its folder:
 - ``trials.csv``: one row per trial, every swept value as a ``param.<key>`` column, inits in full;
@@ -8,9 +9,10 @@
 - ``init_ablation.png``: best top-1 per preset (ordered by size), one bar per init;
 - ``index.html``: title, meta, counts by status, the table and the three pictures (no JS, nothing external).
 
-Every file is replaced atomically (a temporary file in the same folder, then ``os.replace``): the driver
-refreshes the report during the sweep and a reader never sees half a file. Trials without an evaluation
-yet are in the tables but not in the pictures; a picture with nothing to show says so.
+Every file is replaced whole (``Location.write_bytes``: a rename in a local folder, a whole object in
+object storage): the driver refreshes the report during the sweep and a reader never sees half a file.
+Trials without an evaluation yet are in the tables but not in the pictures; a picture with nothing to show
+says so.
 
 ``read_metrics_file`` and ``summarise_metrics`` turn a pretraining run's ``metrics.jsonl`` (written by
 ``pipelines.training``) into a trial's curve, best and final accuracies and steps.
@@ -23,13 +25,13 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from pipelines.storage import Location
 
 PLOTS = ("scaling.png", "curves.png", "init_ablation.png")
 _FIELDS = ("model", "init", "num_params", "flops_per_sample", "steps", "total_steps")
@@ -62,11 +64,14 @@ class TrialRecord:
 # ---- metrics.jsonl -> a trial's numbers
 
 
-def read_metrics_file(path: str | Path, missing_ok: bool = False) -> list[dict]:
-    """The JSON lines of a run's ``metrics.jsonl``; a last line still being written is left out."""
-    path = Path(path)
-    if missing_ok and not path.exists():
-        return []
+def read_metrics_file(path: str | Path | Location, missing_ok: bool = False) -> list[dict]:
+    """The JSON lines of a run's ``metrics.jsonl`` (a local path or a URI); a last line still being written
+    is left out."""
+    path = Location.of(path)
+    if not path.is_file():
+        if missing_ok:
+            return []
+        raise FileNotFoundError(f"{path}: no such file")
     text = path.read_text()
     lines = text.split("\n")
     out = []
@@ -179,22 +184,6 @@ def _table(records: list[TrialRecord]) -> tuple[list[str], list[list[str]]]:
             + [_wall(r.wall_s), r.error.splitlines()[0] if r.error else ""]
         )
     return header, rows
-
-
-# ---- atomic files
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is for others to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _csv_bytes(records: list[TrialRecord]) -> bytes:
@@ -338,25 +327,28 @@ def _html(title: str, records: list[TrialRecord], meta: dict[str, Any]) -> str:
 
 
 def write_report(
-    out_dir: str | Path, records: list[TrialRecord], title: str, meta: dict[str, Any] | None = None
-) -> Path:
-    """Write (or refresh) the sweep report into ``out_dir``; returns the path of ``index.html``.
+    out_dir: str | Path | Location, records: list[TrialRecord], title: str, meta: dict[str, Any] | None = None
+) -> Path | Location:
+    """Write (or refresh) the sweep report into ``out_dir``, a local folder or a URI; returns ``index.html``
+    (a ``Path`` when local). Every file is replaced whole: a reader sees the old one or the new one.
 
     ``meta`` is shown on the page as given; ``meta["chance_top1"]`` (%) also draws a chance line.
     The page adds the update time and the trials counted by status.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Location.of(out_dir)
+    out.mkdir()
     meta = dict(meta or {})
     chance = meta.get("chance_top1")
     counts = Counter(r.status for r in records)
     meta.setdefault("updated", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     meta["trials"] = f"{len(records)} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"
-    _atomic_write(out / "trials.csv", _csv_bytes(records))
-    _atomic_write(out / "trials.md", _markdown(title, records).encode())
+    (out / "trials.csv").write_bytes(_csv_bytes(records))
+    (out / "trials.md").write_text(_markdown(title, records))
     for name, draw in zip(PLOTS, (scaling_png, curves_png, init_ablation_png), strict=True):
-        _atomic_write(out / name, draw(records, chance))
-    return _atomic_write(out / "index.html", _html(title, records, meta).encode())
+        (out / name).write_bytes(draw(records, chance))
+    index = out / "index.html"
+    index.write_text(_html(title, records, meta))
+    return index.as_path() if index.local else index
 
 
 __all__ = [

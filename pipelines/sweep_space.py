@@ -13,15 +13,14 @@ wrong type, unknown presets, missing builds and ``timm:``/``run:`` files that do
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipelines.recipes import get_recipe
 from pipelines.schema import read_manifest
 from pipelines.settings import ConfigError, Layer, _Raw, resolve
+from pipelines.storage import Location, local_init
 from pipelines.trainer import data_key
 from pipelines.training import TrainConfig
 
@@ -71,8 +70,9 @@ class SweepConfig:
             raise ValueError(f"SweepConfig: invalid {', '.join(bad)}")
 
     @property
-    def folder(self) -> Path:
-        return Path(self.storage).resolve() / self.name
+    def folder(self) -> Location:
+        """``<storage>/<name>``: an absolute local folder or a URI (``pipelines.storage``)."""
+        return Location.of(self.storage) / self.name
 
 
 @dataclass(frozen=True)
@@ -188,10 +188,10 @@ def check_builds(cfg: SweepConfig, axes: list[Axis]) -> dict[str, Any]:
         raise ConfigError("data is required: give --data BUILD (or sweep data, one build per teacher, in space:)")
     manifests = {}
     for folder in folders:
-        path = os.path.join(folder, "manifest.json")
-        if not os.path.exists(path):
+        path = Location.of(folder) / "manifest.json"
+        if not path.is_file():
             raise ConfigError(f"data {folder!r}: no manifest.json there: build it with jobs/build_dataset.py")
-        manifests[folder] = read_manifest(path)
+        manifests[folder] = read_manifest(str(path))
     return manifests
 
 
@@ -263,7 +263,8 @@ def _check_init(train: TrainConfig, preset: Any, embed_dim: int, where: str) -> 
     from uni3d.init import check_init, parse_init
 
     try:
-        check_init(parse_init(train.init), preset.replace(embed_dim=embed_dim))
+        with local_init(parse_init(train.init)) as spec:  # a URI: a temporary copy
+            check_init(spec, preset.replace(embed_dim=embed_dim))
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"{where}: init={train.init!r} for model={train.model!r}: {_one_line(str(exc))}") from None
 

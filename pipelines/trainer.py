@@ -4,7 +4,9 @@ print progress, and export the final model.
 Layout of ``<storage>/<name>/``: ``config.json`` (the resolved config), ``metrics.jsonl``,
 ``tensorboard/``, Ray Train's ``checkpoint_*`` folders (each with ``model/`` in our format,
 ``train_state.json`` and the strategy's state), and after the last step ``final/`` (our format) and,
-if asked, ``official/model.pt`` (the release layout).
+if asked, ``official/model.pt`` (the release layout). ``storage`` is a local folder or a URI
+(``s3://``, ``gs://``, ``pipelines.storage``): the workers' checkpoints go there through Ray Train, the
+metrics through Ray Train's reports (``pipelines.run_log``), so no folder is shared between nodes.
 """
 
 from __future__ import annotations
@@ -12,23 +14,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import ray
 import ray.train
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import uni3d
-from pipelines.heldout import make_heldout, read_heldout
+from pipelines import faults
+from pipelines.heldout import BuildKeys, make_heldout, read_heldout, read_keys
+from pipelines.run_log import Progress, RunLog
 from pipelines.schema import Manifest, read_manifest
-from pipelines.splits import drop_holdout, keep_holdout
+from pipelines.storage import Location, is_uri, local_copy, local_init, local_output
+from pipelines.train_data import cached_units, file_units, shard_files
 from pipelines.training import RESUME_KEYS, TrainConfig, train_loop
+
+REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # TrainConfig.report_poll_s
 
 
 @dataclass
@@ -43,11 +49,11 @@ class RunPlan:
 
 @dataclass
 class PretrainResult:
-    run_dir: Path
+    run_dir: str  # an absolute local path or a URI
     step: int  # the step the run stopped at
     total_steps: int
     metrics: dict[str, Any]  # the last reported metrics
-    final: Path | None  # <run>/final once the last step is done
+    final: str | None  # <run>/final once the last step is done
     error: BaseException | None = None
 
     @property
@@ -73,24 +79,27 @@ class DataPrep:
     num_held: int
     heldout: Any  # ObjectRef of a HeldOut, or None
     why: str  # what the periodic zero-shot runs on, or why it does not
-    heldout_info: dict[str, Any]  # {"shapes": n, "classes": [...]} or {}
+    heldout_info: dict[str, Any]  # {"sets": [ZeroShotSet.info(), ...]} or {}
 
 
 def data_key(cfg: TrainConfig) -> tuple:
-    return (cfg.data, cfg.holdout_fraction, cfg.seed, cfg.eval_max_shapes, cfg.eval_teacher)
+    categories = tuple(sorted(cfg.holdout_categories))
+    return (cfg.data, cfg.holdout_fraction, categories, cfg.seed, cfg.eval_max_shapes, cfg.eval_teacher)
 
 
 def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep:
+    """Count the build and its held-out rows, check the held-out categories, and sample the held-out sets."""
     manifest = manifest or read_manifest(os.path.join(cfg.data, "manifest.json"))
     source = ray.data.read_parquet(os.path.join(cfg.data, "shards"), num_cpus=cfg.data_cpus)
-    uids = source.select_columns(["uid"])
-    num_rows, held = uids.count(), 0
-    if cfg.holdout_fraction > 0:
-        fn_kwargs = {"fraction": cfg.holdout_fraction, "seed": cfg.seed}
-        held = uids.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=fn_kwargs, num_cpus=cfg.data_cpus)
-        held = held.count()
-    ref, why, info = _heldout_ref(cfg, manifest, source)
-    return DataPrep(data_key(cfg), num_rows, held, ref, why, info)
+    keys = read_keys(source, cfg.holdout_fraction, cfg.seed, cfg.holdout_categories, num_cpus=cfg.data_cpus)
+    unknown = sorted(set(cfg.holdout_categories) - set(keys.class_names))
+    if unknown:
+        raise ValueError(
+            f"holdout_categories: {unknown} are not categories of {cfg.data}; its categories: "
+            f"{', '.join(keys.class_names[:20])}{' …' if len(keys.class_names) > 20 else ''}"
+        )
+    ref, why, info = _heldout_ref(cfg, manifest, source, keys)
+    return DataPrep(data_key(cfg), keys.num_rows, keys.held.num_rows, ref, why, info)
 
 
 def plan_run(cfg: TrainConfig, prep: DataPrep) -> RunPlan:
@@ -105,15 +114,21 @@ def plan_run(cfg: TrainConfig, prep: DataPrep) -> RunPlan:
     return RunPlan(num_train, held, per_epoch, per_epoch * cfg.epochs)
 
 
-def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
+def check_resume(run_dir: str | os.PathLike | Location, cfg: TrainConfig) -> None:
     """A re-run under an existing name must be the same run; say which fields differ."""
+    run_dir = Location.of(run_dir)
     saved_file = run_dir / "config.json"
-    if not saved_file.exists():
+    if not saved_file.is_file():
         return
     saved = json.loads(saved_file.read_text())["train"]
     current = dataclasses.asdict(cfg)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields added since the run began
-    diff = {k: (saved.get(k, defaults[k]), current[k]) for k in RESUME_KEYS if saved.get(k, defaults[k]) != current[k]}
+    defaults = {  # fields added since the run began
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    was = {k: saved[k] if k in saved else defaults.get(k) for k in RESUME_KEYS}
+    diff = {k: (was[k], current[k]) for k in RESUME_KEYS if was[k] != current[k]}
     if diff:
         lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ValueError(
@@ -122,49 +137,24 @@ def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
         )
 
 
-def _heldout_ref(cfg: TrainConfig, manifest: Manifest, ds: ray.data.Dataset) -> tuple[Any, str, dict[str, Any]]:
-    """The labelled held-out split in the object store (or None), why, and its shapes and class names."""
-    if cfg.holdout_fraction == 0:
-        return None, "holdout_fraction is 0", {}
-    table = read_heldout(ds, cfg.holdout_fraction, cfg.seed, cfg.eval_max_shapes, num_cpus=cfg.data_cpus)
+def _heldout_ref(
+    cfg: TrainConfig, manifest: Manifest, ds: ray.data.Dataset, keys: BuildKeys
+) -> tuple[Any, str, dict[str, Any]]:
+    """The sampled held-out sets in the object store (or None), what they are (or why none), and their info."""
+    if keys.held.num_rows == 0:
+        return None, "nothing is held out (holdout_fraction 0, no holdout_categories)", {}
+    table = read_heldout(
+        ds, cfg.holdout_fraction, cfg.seed, cfg.eval_max_shapes, cfg.holdout_categories, cfg.data_cpus, keys
+    )
     spec = cfg.eval_teacher or manifest.teacher
     try:
-        teacher = uni3d.build_teacher(spec)
+        teacher = uni3d.shared_teacher(spec)
     except Exception as exc:  # e.g. an open_clip teacher whose weights are not on this machine
         return None, f"text teacher {spec!r} is not available here ({exc}); set eval_teacher", {}
-    held = make_heldout(table, teacher)
+    held = make_heldout(table, keys.class_names, teacher, cfg.holdout_categories)
     if held is None:
-        return None, f"the held-out split has {table.num_rows} labelled shapes in fewer than two categories", {}
-    why = f"{len(held)} held-out shapes in {len(held.class_names)} categories"
-    return ray.put(held), why, {"shapes": len(held), "classes": held.class_names}
-
-
-class _Tail(threading.Thread):
-    """Prints each line rank 0 appends to metrics.jsonl while the run goes."""
-
-    def __init__(self, path: Path, total: int) -> None:
-        super().__init__(daemon=True)
-        self.path, self.total = path, total
-        self.offset = path.stat().st_size if path.exists() else 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(1.0):
-            self.drain()
-        self.drain()
-
-    def drain(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path) as f:
-            f.seek(self.offset)
-            text = f.read()
-        lines = text.splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]
-        for line in lines:
-            self.offset += len(line.encode())
-            print(format_metrics(json.loads(line), self.total), flush=True)
+        return None, f"the held-out split has {table.num_rows} labelled shapes, too few classes to classify", {}
+    return ray.put(held), held.describe(), {"sets": [s.info() for s in held.sets]}
 
 
 def format_metrics(m: dict[str, Any], total: int) -> str:
@@ -177,6 +167,8 @@ def format_metrics(m: dict[str, Any], total: int) -> str:
         text += f" non-finite {m['nonfinite_total']}"
     if "zeroshot_top1" in m:
         text += f" | held-out zero-shot top1 {m['zeroshot_top1']:.1f}% top5 {m['zeroshot_top5']:.1f}%"
+    if "unseen_top1" in m:
+        text += f" | unseen categories top1 {m['unseen_top1']:.1f}% top5 {m['unseen_top5']:.1f}%"
     return text
 
 
@@ -194,14 +186,23 @@ def run_pretrain(
     manifest = read_manifest(os.path.join(cfg.data, "manifest.json"))
     _check_build(cfg, manifest)
     cfg = dataclasses.replace(cfg, embed_dim=manifest.embed_dim)
-    init = uni3d.parse_init(cfg.init).resolve()  # an absolute path: Ray Train workers run in another folder
+    init = uni3d.parse_init(cfg.init)
+    if init.kind != "scratch" and not is_uri(init.path):
+        init = init.resolve()  # an absolute path: Ray Train workers run in another folder
     cfg = dataclasses.replace(cfg, init=str(init))
-    init_text = uni3d.check_init(init, uni3d.get_preset(cfg.model, embed_dim=cfg.embed_dim))  # before any worker
-    run_dir = Path(cfg.storage).resolve() / cfg.name
+    with local_init(init) as here:  # a URI: a temporary copy (each worker makes its own)
+        init_text = uni3d.check_init(here, uni3d.get_preset(cfg.model, embed_dim=cfg.embed_dim))  # before any worker
+    run_dir = Location.of(cfg.storage) / cfg.name
+    cfg = dataclasses.replace(cfg, storage=str(run_dir.parent))  # absolute: Ray Train's workers run elsewhere
     check_resume(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir()
     say = print if verbose else (lambda *a, **k: None)
     say(f"[pretrain] init: {init_text}")
+    if manifest.schema_version < 2:
+        print(  # a warning whatever the verbosity: this build trains with another text draw than the recipe's
+            f"[pretrain] warning: {cfg.data} is a schema version {manifest.schema_version} build without text "
+            "groups: each text counts as its own group (docs/dataset.md); rebuild for the recipe's draw"
+        )
 
     if prepared is None or prepared.key != data_key(cfg):
         prepared = prepare_data(cfg, manifest)
@@ -213,17 +214,19 @@ def run_pretrain(
     if prepared.heldout_info:
         config["heldout"] = prepared.heldout_info
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    queue = _progress_queue() if verbose else None  # reports, for the progress lines here
+    run_log = RunLog(str(run_dir), cfg.tensorboard, hparams, queue)
 
-    source = ray.data.read_parquet(os.path.join(cfg.data, "shards"), num_cpus=cfg.data_cpus)
-    train = source.randomize_block_order(seed=cfg.seed)
-    if cfg.holdout_fraction > 0:
-        fn_kwargs = {"fraction": cfg.holdout_fraction, "seed": cfg.seed}
-        train = train.map_batches(drop_holdout, batch_format="pyarrow", fn_kwargs=fn_kwargs, num_cpus=cfg.data_cpus)
     if _read_once(cfg):  # epochs then re-deal blocks from the object store instead of reading the files again
-        train.context.execution_options.preserve_order = True  # blocks in the seeded order, whatever ends first
-        train = train.materialize()
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # the same rows reach the same worker in the same order: exact resume
+        units, blocks = cached_units(cfg)
+    else:
+        units, blocks = file_units(cfg), []
+    if sum(u.rows for u in units) != plan.num_train:
+        raise RuntimeError(f"{cfg.data}: {sum(u.rows for u in units)} training rows read, {plan.num_train} counted")
+    # Ray Train propagates this from the driver to its controller, which collects reports that often
+    os.environ[REPORT_POLL_ENV] = str(cfg.report_poll_s)
+    kind = f"{len(blocks)} blocks in the object store" if blocks else "Parquet row groups"
+    say(f"[pretrain] {len(units)} units of {kind}, dealt to the workers in a new order each epoch")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -231,9 +234,9 @@ def run_pretrain(
             "teacher": manifest.teacher,
             "steps_per_epoch": plan.steps_per_epoch,
             "total_steps": plan.total_steps,
-            "run_dir": str(run_dir),
             "heldout": heldout,
-            "hparams": hparams or {},
+            "units": units,  # the object refs in it are owned by this driver, alive until fit returns
+            "faults": faults.train_fault(),  # tests only ($UNI3D_FAULTS): a rank that exits or holds at a step
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.worker_cpus}
@@ -243,21 +246,27 @@ def run_pretrain(
             storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            callbacks=callbacks or [],
+            callbacks=[run_log, *(callbacks or [])],
         ),
-        datasets={"train": train},
-        dataset_config=DataConfig(execution_options=ingest),
     )
-    tail = _Tail(run_dir / "metrics.jsonl", plan.total_steps)
-    if verbose:
-        tail.start()
+    progress = Progress(queue, lambda m: format_metrics(m, plan.total_steps)) if queue is not None else None
+    if progress is not None:
+        progress.start()
     try:
         result = trainer.fit()
     finally:
-        tail.stop.set()
-        if verbose:
-            tail.join()
+        if progress is not None:
+            progress.stop.set()
+            progress.join()
+            ray.kill(queue.actor)
     return _finish(cfg, run_dir, plan, result)
+
+
+def _progress_queue() -> Queue:
+    """The queue of reports for the driver's progress lines, on the driver's own node: a queue on another node
+    would end the run (Ray Train's controller puts to it) when that node is lost."""
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 def _read_once(cfg: TrainConfig) -> bool:
@@ -266,22 +275,26 @@ def _read_once(cfg: TrainConfig) -> bool:
         return cfg.cache_data == "true"
     budget = 0.25 * float(ray.available_resources().get("object_store_memory", 0))
     total = 0
-    for path in sorted(Path(cfg.data, "shards").glob("*.parquet")):  # local builds; URIs are read as they stream
-        meta = pq.read_metadata(path)
+    fs, paths = shard_files(cfg.data)
+    for path in paths:
+        meta = pq.read_metadata(path, filesystem=fs)
         total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))  # uncompressed
         if total > budget:
             return False
     return total > 0
 
 
-def _finish(cfg: TrainConfig, run_dir: Path, plan: RunPlan, result: ray.train.Result) -> PretrainResult:
+def _finish(cfg: TrainConfig, run_dir: Location, plan: RunPlan, result: ray.train.Result) -> PretrainResult:
+    """Copy the last checkpoint's model to ``final/`` (only the model: the strategy's state stays where it is)."""
     step, final = 0, None
     if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as folder:
-            step = json.loads((Path(folder) / "train_state.json").read_text())["step"]
-            if step >= plan.total_steps:
-                final = run_dir / "final"
-                shutil.copytree(Path(folder) / "model", final, dirs_exist_ok=True)
+        saved = Location(result.checkpoint.path, result.checkpoint.filesystem, result.checkpoint.path)
+        step = json.loads((saved / "train_state.json").read_text())["step"]
+        if step >= plan.total_steps:
+            final = run_dir / "final"
+            (saved / "model").copy_to(final)
     if final is not None and cfg.export_official:
-        uni3d.export_official(uni3d.load_checkpoint(final), run_dir / "official" / "model.pt")
-    return PretrainResult(run_dir, step, plan.total_steps, dict(result.metrics or {}), final, result.error)
+        with local_copy(final) as folder, local_output(run_dir / "official") as out:
+            uni3d.export_official(uni3d.load_checkpoint(folder), out / "model.pt")
+    done = str(final) if final is not None else None
+    return PretrainResult(str(run_dir), step, plan.total_steps, dict(result.metrics or {}), done, result.error)

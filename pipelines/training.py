@@ -1,4 +1,4 @@
-"""Contrastive pretraining on Ray Train (Uni3D spec §5–6): the worker loop and the trainer that runs it.
+"""Contrastive pretraining on Ray Train (docs/method.md §5–6): the worker loop and the trainer that runs it.
 
 Data: Ray Data reads the build's Parquet shards (held-out uids dropped), in a block order fixed by the
 seed, and splits the stream evenly over the workers. Each epoch every worker reshuffles its share in a
@@ -12,22 +12,23 @@ cosine per step, gradient clipping and the logit-scale clamp. Non-finite losses 
 rank; too many in a row stop the run. The teacher never runs here.
 
 Reporting: every ``log_every`` steps the rank-averaged loss and accuracies, lr, logit scale, samples/s and
-the time spent waiting for data go to ``metrics.jsonl``, TensorBoard and Ray Train; every ``eval_every``
-steps a zero-shot top-1/3/5 on the held-out labelled split. Checkpoints (every rank's part) go through
-``ray.train.report`` every ``checkpoint_every`` steps; the run's folder also holds ``config.json``.
+the time spent waiting for data go to Ray Train (``ray.train.report``), whose controller writes them into
+the run's storage (``pipelines.run_log``: ``metrics.jsonl``, TensorBoard); every ``eval_every`` steps a
+zero-shot top-1/3/5 on the held-out labelled split. Checkpoints (every rank's part) go through
+``ray.train.report`` every ``checkpoint_every`` steps to the run's storage, local or object storage.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,15 @@ import torch.distributed as dist
 from ray.train import Checkpoint
 
 import uni3d
+from pipelines import faults
+from pipelines.epoch_data import EpochStream
 from pipelines.heldout import KS, HeldOut, zero_shot_counts
 from pipelines.recipes import get_recipe
 from pipelines.settings import Layer, cli_layers, resolve
+from pipelines.storage import Location, local_init
 from pipelines.strategy import DDPEngine, DeepSpeedEngine, Engine, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig, make_train_batch
+from pipelines.train_data import filter_kwargs, load_unit
 from uni3d.augment import augment
 from uni3d.loss import Uni3DLoss, torch_distributed_gather
 from uni3d.optim import OptimConfig, build_optimizer, lr_at, set_lr
@@ -61,6 +66,7 @@ RESUME_KEYS = (
     "batch_size",
     "seed",
     "holdout_fraction",
+    "holdout_categories",
 )
 
 
@@ -90,16 +96,21 @@ class TrainConfig:
     warmup_steps: int = 10
     grad_clip: float = 5.0
     augment: bool = True
-    shuffle_buffer: int = 256  # rows per worker reshuffled each epoch
+    shuffle_buffer: int = 256  # rows a worker shuffles together, on top of the new global order of each epoch
     cache_data: str = "auto"  # auto | true | false: read the build once into the object store (auto: if small)
     seed: int = 4096
     log_every: int = 10
+    # seconds between the Train controller's collections of the workers' reports (Ray's own default is 2 s,
+    # and a worker's next report waits for the last one to be collected: a report every step took 2 s a step)
+    report_poll_s: float = 0.25
     checkpoint_every: int = 100  # steps; the last step always checkpoints
     keep_checkpoints: int = 2
     until_step: int = 0  # stop this invocation (with a checkpoint) at this step; 0 = run to the end
     max_failures: int = 1  # worker-group restarts from the last checkpoint
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     holdout_fraction: float = 0.05  # of uids (pipelines.splits), never trained on
+    # whole categories never trained on (e.g. [chair, lamp]): the "unseen categories" zero-shot (unseen_top1)
+    holdout_categories: list[str] = field(default_factory=list)
     eval_every: int = 100  # steps; 0 = only at the end; zero-shot on the labelled held-out split
     eval_max_shapes: int = 1024
     eval_batch_size: int = 64
@@ -118,6 +129,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "holdout_fraction": 0.0 <= self.holdout_fraction < 1.0,
             "log_every": self.log_every >= 1,
+            "report_poll_s": 0 < self.report_poll_s <= 60,
             "checkpoint_every": self.checkpoint_every >= 1,
             "max_nonfinite": self.max_nonfinite >= 1,
             "until_step": self.until_step >= 0,
@@ -219,12 +231,13 @@ def train_loop(config: dict[str, Any]) -> None:
     stop_at = min(cfg.until_step, total) if cfg.until_step else total
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank; init loads on top of them
-    init = uni3d.parse_init(cfg.init)
     preset = uni3d.get_preset(
         cfg.model, embed_dim=cfg.embed_dim, grad_checkpointing=cfg.grad_checkpointing, **model_overrides(cfg)
     )
-    model = uni3d.create_model(uni3d.init_config(init, preset))
-    for line in uni3d.apply_init(model, init):
+    with local_init(uni3d.parse_init(cfg.init)) as init:  # a URI: this worker's own temporary copy
+        model = uni3d.create_model(uni3d.init_config(init, preset))
+        lines = uni3d.apply_init(model, init)
+    for line in lines:
         if rank == 0:
             print(f"[pretrain] init: {line}", flush=True)
     vector_logit_scale_(model).to(device)
@@ -247,56 +260,57 @@ def train_loop(config: dict[str, Any]) -> None:
     loss_fn = Uni3DLoss(rank=rank, world_size=world, gather=torch_distributed_gather if world > 1 else None)
     batch_cfg = TrainBatchConfig(embed_dim=cfg.embed_dim)
     held: HeldOut | None = ray.get(config["heldout"]) if config["heldout"] is not None else None
-    writer = _tensorboard(cfg, config["run_dir"], step, config.get("hparams")) if rank == 0 else None
-    shard = ray.train.get_dataset_shard("train")
+    start_step = step  # in every report: the run's log drops what the stopped run logged after it
+    stream = EpochStream(
+        config["units"],
+        functools.partial(load_unit, data=cfg.data, kwargs=filter_kwargs(cfg)),
+        world=world,
+        rank=rank,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        steps_per_epoch=per_epoch,
+        shuffle_rows=cfg.shuffle_buffer,
+    )
     meta = {"teacher": config["teacher"], "train": dataclasses.asdict(cfg)}
     sums = torch.zeros(4, dtype=torch.float64)  # loss, acc_text, acc_image, steps (finite ones)
     window_steps, waited, last = 0, 0.0, time.perf_counter()
     engine.train(True)
-    epoch = step // per_epoch
-    while step < stop_at:
-        skip = step - epoch * per_epoch  # batches of this epoch already trained on (resume)
-        batches = shard.iter_batches(
-            batch_size=cfg.batch_size,
-            batch_format="pyarrow",
-            drop_last=True,
-            local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-            local_shuffle_seed=(cfg.seed * 1_000_003 + epoch * 1_009 + rank) % 2**32 if cfg.shuffle_buffer else None,
-        )
+    start_epoch = step // per_epoch
+    batches = stream.batches(start_epoch, skip=step - start_epoch * per_epoch)  # resume: mid-epoch, same batches
+    fetch = time.perf_counter()
+    fault = config.get("faults") or {}
+    for epoch, _, batch in batches:
+        if step >= stop_at:  # a finished run resumed: nothing left
+            break
+        if fault:  # tests only: this rank exits or holds before a chosen step, once per run
+            node = ray.get_runtime_context().get_node_id()
+            faults.before_step(fault, rank, step + 1, Location.of(cfg.storage) / cfg.name, node)
+        waited += time.perf_counter() - fetch
+        out, finite = train_step(engine, loss_fn, batch, batch_cfg, opt_cfg, cfg, rank, step, device)
+        guard.update(finite, step + 1)
+        step += 1
+        window_steps += 1
+        if finite:
+            sums += torch.tensor([float(out["loss"]), float(out["acc_text"]), float(out["acc_image"]), 1.0])
+        do_log = step % cfg.log_every == 0 or step == stop_at
+        do_eval = held is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total)
+        do_ckpt = step % cfg.checkpoint_every == 0 or step == stop_at
+        if do_log or do_eval or do_ckpt:
+            now = time.perf_counter()
+            metrics = _metrics(sums, window_steps, waited, now - last, cfg, world, step, epoch, engine, opt_cfg)
+            metrics["nonfinite_total"], metrics["start_step"] = guard.total, start_step
+            if do_eval:
+                metrics.update(_evaluate(engine, held, rank, world, cfg, device))
+            ckpt = _checkpoint(engine, rank, {**meta, "step": step}, step, guard) if do_ckpt else None
+            ray.train.report(metrics, checkpoint=ckpt)
+            if ckpt is not None:  # report has persisted it to the run's storage
+                shutil.rmtree(ckpt.path, ignore_errors=True)
+            sums.zero_()
+            window_steps, waited, last = 0, 0.0, time.perf_counter()
         fetch = time.perf_counter()
-        for index, batch in enumerate(batches):
-            if index < skip:
-                continue
-            if index >= per_epoch or step >= stop_at:
-                break
-            waited += time.perf_counter() - fetch
-            out, finite = train_step(engine, loss_fn, batch, batch_cfg, opt_cfg, cfg, rank, step, device)
-            guard.update(finite, step + 1)
-            step += 1
-            window_steps += 1
-            if finite:
-                sums += torch.tensor([float(out["loss"]), float(out["acc_text"]), float(out["acc_image"]), 1.0])
-            do_log = step % cfg.log_every == 0 or step == stop_at
-            do_eval = held is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total)
-            do_ckpt = step % cfg.checkpoint_every == 0 or step == stop_at
-            if do_log or do_eval or do_ckpt:
-                now = time.perf_counter()
-                metrics = _metrics(sums, window_steps, waited, now - last, cfg, world, step, epoch, engine, opt_cfg)
-                metrics["nonfinite_total"] = guard.total
-                if do_eval:
-                    metrics.update(_evaluate(engine, held, rank, world, cfg, device))
-                ckpt = _checkpoint(engine, rank, {**meta, "step": step}, step, guard) if do_ckpt else None
-                if rank == 0:
-                    _log(config["run_dir"], writer, metrics)
-                ray.train.report(metrics, checkpoint=ckpt)
-                if ckpt is not None:  # report has persisted it to the run's storage
-                    shutil.rmtree(ckpt.path, ignore_errors=True)
-                sums.zero_()
-                window_steps, waited, last = 0, 0.0, time.perf_counter()
-            fetch = time.perf_counter()
-        epoch += 1
-    if writer is not None:
-        writer.close()
+        if step >= stop_at:
+            break
+    batches.close()
 
 
 def train_step(
@@ -379,13 +393,16 @@ def _evaluate(
         for buffer in engine.model.buffers():
             dist.broadcast(buffer, src=0)
     engine.train(False)
+    out = {}
     try:
-        counts = zero_shot_counts(lambda p: engine.forward(p)[0], held, rank, world, cfg.eval_batch_size, device)
+        for zs in held.sets:  # held-out shapes of trained categories, then unseen categories
+            counts = zero_shot_counts(lambda p: engine.forward(p)[0], zs, rank, world, cfg.eval_batch_size, device)
+            counts = _all_reduce(counts.cpu())
+            n = max(float(counts[-1]), 1.0)
+            out |= {f"{zs.prefix}_top{k}": 100.0 * float(c) / n for k, c in zip(KS, counts[:-1], strict=True)}
     finally:
         engine.train(True)
-    counts = _all_reduce(counts.cpu())
-    n = max(float(counts[-1]), 1.0)
-    return {f"zeroshot_top{k}": 100.0 * float(c) / n for k, c in zip(KS, counts[:-1], strict=True)}
+    return out
 
 
 def _checkpoint(engine: Engine, rank: int, meta: dict[str, Any], step: int, guard: NonFiniteGuard) -> Checkpoint | None:
@@ -398,33 +415,3 @@ def _checkpoint(engine: Engine, rank: int, meta: dict[str, Any], step: int, guar
         shutil.rmtree(folder, ignore_errors=True)
         return None
     return Checkpoint.from_directory(str(folder))
-
-
-# Scalars the TensorBoard HParams view shows for each run of a sweep, next to its hyperparameters.
-HPARAM_METRICS = ("eval/zeroshot_top1", "eval/zeroshot_top5", "train/loss", "train/acc_text")
-
-
-def _tensorboard(cfg: TrainConfig, run_dir: str, step: int, hparams: dict[str, Any] | None = None) -> Any:
-    if not cfg.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=step or None)
-    if hparams:  # the HParams plugin's experiment and session records, in the run's own event file
-        experiment, session_start, _ = hparams_summary(hparams, {tag: 0.0 for tag in HPARAM_METRICS})
-        writer.file_writer.add_summary(experiment)
-        writer.file_writer.add_summary(session_start)
-        writer.flush()
-    return writer
-
-
-def _log(run_dir: str, writer: Any, metrics: dict[str, Any]) -> None:
-    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:  # a plain log, for curves and tests
-        f.write(json.dumps(metrics) + "\n")
-    if writer is not None:
-        for key, value in metrics.items():
-            if key not in ("step", "time") and isinstance(value, int | float) and math.isfinite(value):
-                tag = f"eval/{key}" if key.startswith("zeroshot") else f"train/{key}"
-                writer.add_scalar(tag, value, metrics["step"])
-        writer.flush()

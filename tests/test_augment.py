@@ -1,4 +1,4 @@
-"""Tests of the batched point-cloud augmentation (spec §6) on generated clouds."""
+"""Tests of the batched point-cloud augmentation (docs/method.md §6) on generated clouds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkpoints: our safetensors format, the official release layout, 2D initialisation (spec §4)."""
+"""Checkpoints: our safetensors format, the official release layout, 2D initialisation (docs/method.md §4)."""
 
 from __future__ import annotations
 

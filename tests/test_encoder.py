@@ -1,4 +1,4 @@
-"""The encoder over presets: official parameter counts, shapes, gradients, parity, bad inputs (spec §2–3)."""
+"""The encoder over presets: official parameter counts, shapes, gradients, parity, bad inputs (docs/method.md §2–3)."""
 
 from __future__ import annotations
 

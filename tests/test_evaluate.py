@@ -4,6 +4,7 @@ probe, reports next to the checkpoint, clear errors for missing files and mismat
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,18 @@ import pytest
 import torch
 
 import uni3d
-from pipelines.eval_sets import EvalSetError, read_benchmark, read_modelnet40, read_objaverse_lvis, read_scanobjectnn
+from pipelines.eval_sets import (
+    SCANOBJECTNN_CLASSES,
+    EvalSet,
+    EvalSetError,
+    read_benchmark,
+    read_modelnet40,
+    read_objaverse_lvis,
+    read_scanobjectnn,
+)
 from pipelines.procedural import make_shape
 from pipelines.sampling import sample_points
-from uni3d.fewshot import confusion_matrix, few_shot, fit_logistic_regression
+from uni3d.fewshot import confusion_matrix, draw_shots, few_shot, fit_logistic_regression
 
 CATEGORIES = ["airplane", "chair", "table", "lamp"]
 
@@ -30,7 +39,7 @@ def save_object_array(path: Path, items: list) -> None:
 
 
 def write_official(root: Path, per_class: int = 3) -> None:
-    """ModelNet40, ScanObjectNN and Objaverse-LVIS test files in the official layouts (spec §8), small."""
+    """ModelNet40, ScanObjectNN and Objaverse-LVIS test files in the official layouts (docs/method.md §8), small."""
     mn = root / "modelnet40"
     mn.mkdir(parents=True)
     (mn / "modelnet40_shape_names.txt").write_text("\n".join(CATEGORIES) + "\n")
@@ -72,6 +81,28 @@ def test_official_files_read_with_their_colour_rules(tmp_path: Path) -> None:
     assert with_colour.shape == (2, 512, 6) and not (with_colour[..., 3:] == np.float32(0.4)).all()
 
 
+def test_class_names_are_prompted_as_the_official_labels_json_spells_them(tmp_path: Path) -> None:
+    """Uni3D's data/labels.json: LVIS names verbatim, ModelNet40's cleaned, ScanObjectNN's as listed."""
+    write_official(tmp_path, per_class=1)
+    lv = tmp_path / "objaverse_lvis"
+    names = ["Band_Aid", "bat_(animal)", "monitor_(computer_equipment) computer_monitor", "lamp"]
+    rows = [f"{i},{n},uid-{i},shapes/{c}0.npy" for i, (n, c) in enumerate(zip(names, CATEGORIES, strict=True))]
+    (lv / "lvis_testset.txt").write_text("\n".join(rows) + "\n")
+    lvis = read_objaverse_lvis(tmp_path)
+    assert lvis.class_names == names and lvis.prompts == names  # underscores and parentheses kept
+    mn = tmp_path / "modelnet40"
+    (mn / "modelnet40_shape_names.txt").write_text("\n".join([*CATEGORIES, "flower_pot", "tv_stand"]) + "\n")
+    modelnet = read_modelnet40(tmp_path)
+    assert modelnet.class_names[-2:] == ["flower_pot", "tv_stand"]  # as the shape-names file has them
+    assert modelnet.prompts == [*CATEGORIES, "flower pot", "tv stand"]  # as labels.json has them
+    assert read_scanobjectnn(tmp_path).prompts == SCANOBJECTNN_CLASSES
+    build = EvalSet("build", ["wine_bottle", "chair"], modelnet.items)
+    assert build.prompts == ["wine_bottle", "chair"]  # a build's categories as written, as in training
+    (mn / "modelnet40_shape_names.txt").write_text("\n".join([*CATEGORIES, "sofa_bed"]) + "\n")
+    with pytest.raises(EvalSetError, match=r"\['sofa_bed'\] are not ModelNet40 shape names"):
+        read_modelnet40(tmp_path)  # labels.json has no spelling for it
+
+
 def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(EvalSetError, match=r"ModelNet40: missing file .*modelnet40_shape_names.txt"):
         read_benchmark("modelnet40", tmp_path)
@@ -107,24 +138,67 @@ def test_few_shot_on_separable_embeddings_and_the_confusion_matrix() -> None:
     emb = centres[labels] + rng.normal(size=(100, 32))
     res = few_shot(emb, labels, shots=(1, 4), seeds=3)
     assert [r.shots for r in res] == [1, 4] and all(len(r.runs) == 3 for r in res)
-    assert res[1].mean > 95 and res[0].classes == 5
+    assert res[1].mean > 95 and res[0].classes == 5 and res[1].test_samples == 80
     assert confusion_matrix([0, 1, 1], [0, 1, 0], 2).tolist() == [[1, 1], [0, 1]]
-    with pytest.raises(ValueError, match="at least two classes with more than 20 samples"):
+    with pytest.raises(ValueError, match="20-shot leaves no sample to test"):
         few_shot(emb, labels, shots=(20,), seeds=1)
+    with pytest.raises(ValueError, match="at least two classes with 21 or more samples, found 0"):
+        few_shot(emb, labels, shots=(21,), seeds=1)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
+def test_few_shot_draws_k_per_class_from_the_set_itself_and_tests_on_the_rest() -> None:
+    """OpenShape (issue #17 of its code): k shapes per category of the test set train, the rest test."""
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 2)  # class 1 has exactly k = 4, class 2 fewer
+    train, test, classes = draw_shots(labels, 4, seed=0)
+    assert classes.tolist() == [0, 1]
+    assert np.bincount(labels[train.numpy()], minlength=3).tolist() == [4, 4, 0]
+    assert sorted(train.tolist() + test.tolist()) == list(range(14))  # class 2's rows are in neither
+    assert labels[test.numpy()].tolist() == [0] * 6  # class 1 tests nothing but is one of the probe's classes
+    assert draw_shots(labels, 4, seed=1)[0].tolist() != train.tolist()  # each seed draws anew
+    emb = np.eye(3)[labels] + 0.01 * np.random.default_rng(0).normal(size=(16, 3))
+    (res,) = few_shot(emb, labels, shots=(4,), seeds=2)
+    assert (res.classes, res.skipped_classes, res.test_samples) == (2, 1, 6)
 
-    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False, include_dashboard=False)
-    yield
-    ray.shutdown()
+
+def test_few_shot_probes_the_embeddings_as_the_encoder_returns_them() -> None:
+    """Two classes along one direction that differ only in norm: an L2-normalised probe could not tell them."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 12)
+    direction = np.ones(8) / np.sqrt(8)
+    emb = np.where(labels[:, None] == 0, 1.0, 3.0) * direction + 0.01 * rng.normal(size=(24, 8))
+    (res,) = few_shot(emb, labels, shots=(4,), seeds=3)
+    assert res.runs == [100.0, 100.0, 100.0]
+
+
+def test_few_shot_runs_are_scikit_learns_logistic_regression_on_the_same_draws() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 15)
+    emb = rng.normal(size=(3, 6))[labels] * 2 + rng.normal(size=(45, 6))  # overlapping classes
+    (res,) = few_shot(emb, labels, shots=(4,), seeds=3)
+    for seed, acc in enumerate(res.runs):
+        train, test, _ = draw_shots(labels, 4, seed)
+        ref = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit(emb[train.numpy()], labels[train.numpy()])
+        assert acc == pytest.approx(100.0 * ref.score(emb[test.numpy()], labels[test.numpy()]))
+    assert res.mean == pytest.approx(np.mean(res.runs)) and res.mean < 100  # the classes do overlap
+
+
+def test_the_report_states_the_few_shot_protocol_and_what_was_left_out(tmp_path: Path) -> None:
+    from pipelines.evaluation import SetResult, write_reports
+
+    (fs,) = few_shot(np.eye(3)[[0, 0, 0, 1, 1, 1, 2]], np.array([0, 0, 0, 1, 1, 1, 2]), shots=(2,), seeds=2)
+    result = SetResult("toy", 7, 3, 33.3, 50.0, 100.0, 100.0, 50.0, {"a": 50.0}, few_shot=[asdict(fs)])
+    write_reports(tmp_path, result, np.eye(3, dtype=np.int64), ["a", "b", "c"], {"checkpoint": "c", "teacher": "t"})
+    report = (tmp_path / "toy.md").read_text()
+    assert "OpenShape's protocol (arXiv 2305.10764, §4.2)" in report and "mean ± std over 2 seeds" in report
+    assert "| shots | linear probe acc. (mean ± std over seeds) | classes | left out | test shapes |" in report
+    assert f"| 2 | {fs.mean:.1f} ± {fs.std:.1f} | 2 | 1 | 2 |" in report
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_evaluate_official_sets_with_two_actors_is_exact(ray_local: None, tmp_path: Path) -> None:
+def test_evaluate_official_sets_with_two_actors_is_exact(tmp_path: Path) -> None:
     from jobs.evaluate import main
     from pipelines.eval_sets import read_modelnet40
     from pipelines.evaluation import EvalConfig, _points, score
@@ -153,7 +227,7 @@ def test_evaluate_official_sets_with_two_actors_is_exact(ray_local: None, tmp_pa
 
 
 @pytest.mark.ray
-def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(ray_local: None, tmp_path: Path) -> None:
+def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(tmp_path: Path) -> None:
     from jobs.evaluate import main
 
     write_official(tmp_path / "eval", per_class=1)
@@ -171,7 +245,7 @@ def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(ray
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_an_official_release_file_evaluates_with_the_teacher_given(ray_local: None, tmp_path: Path) -> None:
+def test_an_official_release_file_evaluates_with_the_teacher_given(tmp_path: Path) -> None:
     from jobs.evaluate import main
 
     write_official(tmp_path / "eval", per_class=1)

@@ -1,4 +1,4 @@
-"""Tests of the Uni3D contrastive loss (spec §5) against hand computations and a simulated 2-rank run."""
+"""Tests of the Uni3D contrastive loss (docs/method.md §5) against hand computations and a simulated 2-rank run."""
 
 from __future__ import annotations
 
@@ -34,21 +34,37 @@ def test_loss_matches_hand_computation() -> None:
     assert out["loss"].item() == pytest.approx(loss_text + loss_image, rel=1e-6)
 
 
-def test_row_without_image_is_ignored_but_its_image_stays_a_negative() -> None:
+def test_a_shape_without_image_is_neither_positive_nor_negative() -> None:
     a = 1 / math.sqrt(2)
     p = torch.eye(3)
     i = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # -> (a, a, 0), e0, e2
     out = Uni3DLoss()(p, p.clone(), i, torch.tensor([True, False, True]), torch.tensor(0.0))
     # Text: P·Tᵀ = identity, every row and column has CE = -1 + lse(1, 0, 0).
     assert out["loss_text"].item() == pytest.approx(-1 + lse(1, 0, 0), rel=1e-6)
-    # P->I, logits P·Iᵀ = Iᵀ: row 0 = (a, 1, 0) (the masked shape's image e0 is the hardest negative),
-    # row 2 = (0, 0, 1); row 1 is ignored.
-    pi = ((-a + lse(a, 1, 0)) + (-1 + lse(0, 0, 1))) / 2
-    # I->P, logits I·Pᵀ = I: row 0 = (a, a, 0), row 2 = (0, 0, 1).
+    # P->I, logits P·Iᵀ = Iᵀ with shape 1's column masked: row 0 = (a, -, 0), row 2 = (0, -, 1); row 1 ignored.
+    pi = ((-a + lse(a, 0)) + (-1 + lse(0, 1))) / 2
+    # I->P, logits I·Pᵀ = I: row 0 = (a, a, 0), row 2 = (0, 0, 1) (shape 1's points stay a negative).
     ip = ((-a + lse(a, a, 0)) + (-1 + lse(0, 0, 1))) / 2
     assert out["loss_image"].item() == pytest.approx(0.5 * (pi + ip), rel=1e-6)
-    # Dropping the masked image from the negatives would give a smaller P->I term for row 0.
-    assert -a + lse(a, 0) < -a + lse(a, 1, 0)
+    # Today's placeholder (shape 1's image e0 kept, or a zero vector) would be scored against by row 0.
+    assert -a + lse(a, 0) < -a + lse(a, 0, 0) < -a + lse(a, 1, 0)
+
+
+def test_image_terms_equal_those_of_the_batch_without_the_image_less_shapes() -> None:
+    torch.manual_seed(0)
+    p, t, i = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
+    has = torch.tensor([True, False, True, True, False])
+    i_bad = i.clone()
+    i_bad[~has] = float("nan")  # never read: any values do
+    out = Uni3DLoss()(p, t, i_bad, has, torch.tensor(2.0))
+    # I->P keeps every shape's points as candidates; P->I only the shapes with an image.
+    pn, inn = F.normalize(p, dim=-1), F.normalize(i, dim=-1)
+    s = math.exp(2.0)
+    rows = torch.nonzero(has).reshape(-1)
+    pi = F.cross_entropy(s * pn[rows] @ inn[rows].T, torch.arange(len(rows)))
+    ip = F.cross_entropy(s * inn[rows] @ pn.T, rows)
+    torch.testing.assert_close(out["loss_image"], 0.5 * (pi + ip))
+    assert torch.isfinite(out["loss"])
 
 
 def test_all_rows_without_image_give_finite_loss_and_gradients() -> None:
@@ -77,11 +93,13 @@ def test_accuracy_on_constructed_case() -> None:
 
 
 class FakeGather:
-    """Plays all_gather for one rank of a simulated run: returns every rank's normalised slice.
+    """Plays all_gather for one rank of a simulated run: returns every rank's slice of what the loss gathers.
 
-    ``detach_others`` models `torch_distributed_gather(with_grad=False)` (the spec's FIX);
-    otherwise the slices stay attached to the full tensors, which models the differentiable gather
-    whose backward sums each copy's gradient onto its owner.
+    ``full`` holds the global tensors as the loss gathers them (normalised embeddings, image rows of
+    image-less shapes zeroed, the has-image flags). ``detach_others`` models
+    `torch_distributed_gather(with_grad=False)` (the fix of docs/method.md §5); otherwise the slices stay attached to
+    the full tensors, which models the differentiable gather whose backward sums each copy's gradient
+    onto its owner.
     """
 
     def __init__(self, full: list[torch.Tensor], world_size: int, detach_others: bool) -> None:
@@ -89,11 +107,15 @@ class FakeGather:
 
     def __call__(self, t: torch.Tensor) -> list[torch.Tensor]:
         for x in self.full:
-            chunks = list(F.normalize(x, dim=-1).chunk(self.world_size))
-            match = [k for k, c in enumerate(chunks) if torch.allclose(c, t)]
-            if match:
+            chunks = list(x.chunk(self.world_size))
+            if any(c.shape == t.shape and torch.allclose(c, t) for c in chunks):
                 return [c.detach() if self.detach_others else c for c in chunks]
         raise AssertionError("gathered an unknown tensor")
+
+
+def _gathered(p, t, i, has_image) -> list[torch.Tensor]:
+    masked = F.normalize(i, dim=-1).masked_fill(~has_image[:, None], 0.0)
+    return [F.normalize(p, dim=-1), F.normalize(t, dim=-1), masked, has_image.float()[:, None]]
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,7 +126,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
 
 
 def _rank_loss(rank: int, p, t, i, has_image, detach_others: bool) -> dict[str, torch.Tensor]:
-    gather = FakeGather([p, t, i], 2, detach_others)
+    gather = FakeGather(_gathered(p, t, i, has_image), 2, detach_others)
     b = slice(2 * rank, 2 * rank + 2)
     return Uni3DLoss(rank=rank, world_size=2, gather=gather)(p[b], t[b], i[b], has_image[b], torch.tensor(1.5))
 
@@ -124,15 +146,20 @@ def test_two_ranks_with_differentiable_gather_match_single_process() -> None:
 
 
 def _official_rank_loss(rank: int, p, t, i, has_image) -> torch.Tensor:
-    """The official Uni3D formula on one rank of a 2-rank run: every gathered copy is detached."""
+    """The official Uni3D formula on one rank of a 2-rank run: every gathered copy is detached (the
+    image-less shapes' image columns masked, as here, so that only the gradient path differs)."""
     pn, tn, inn = (F.normalize(x, dim=-1) for x in (p, t, i))
     b = slice(2 * rank, 2 * rank + 2)
     y = torch.arange(2) + 2 * rank
     y_img = torch.where(has_image[b], y, -100)
     s = math.exp(1.5)
+    cols = torch.nonzero(has_image).reshape(-1)
+    y_col = torch.where(has_image[b], torch.searchsorted(cols, y), -100)  # labels among the image columns
     return 0.5 * (
         F.cross_entropy(s * pn[b] @ tn.detach().T, y) + F.cross_entropy(s * tn[b] @ pn.detach().T, y)
-    ) + 0.5 * (F.cross_entropy(s * pn[b] @ inn.detach().T, y_img) + F.cross_entropy(s * inn[b] @ pn.detach().T, y_img))
+    ) + 0.5 * (
+        F.cross_entropy(s * pn[b] @ inn[cols].detach().T, y_col) + F.cross_entropy(s * inn[b] @ pn.detach().T, y_img)
+    )
 
 
 def test_local_slice_keeps_its_gradient_unlike_official_gather() -> None:

@@ -1,5 +1,5 @@
 """OpenShape source: split listing and path resolution, texts and their aligned embeddings, points, teacher
-match/mismatch, subsampling, per-file errors and the restricted unpickler (pipelines/openshape.py, spec §7).
+match/mismatch, subsampling, per-file errors and the restricted unpickler (pipelines/openshape.py, docs/method.md §7).
 
 Files are written the way OpenShape's were: ``np.save`` of a dict, 10,000 points, 1280-d features."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "meta_data" / "split").mkdir(parents=True)
     (root / "meta_data" / "split" / "train_all.json").write_text(json.dumps(split))
     (root / "meta_data" / "split" / "train_no_lvis.json").write_text(json.dumps(split[:1]))
+    (root / "meta_data" / "gpt4_filtering.json").write_text(json.dumps({"abc": {"flag": "Y"}}))
     return root
 
 
@@ -303,6 +305,19 @@ def test_gpt4_filter_drops_flagged_objaverse_names(root: Path, tmp_path: Path) -
     listed = refs(root, text_filter=str(flags))
     assert load_openshape_shape(listed["objaverse/abc"], OPENSHAPE_TEACHER).texts == []
     assert load_openshape_shape(listed["shapenet/chair01"], OPENSHAPE_TEACHER).texts[0] == "chair"  # Objaverse only
+
+
+def test_gpt4_filter_is_on_by_default_and_off_only_on_request(root: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "meta_data" / "gpt4_filtering.json").write_text(json.dumps({"abc": {"flag": "N"}}))
+    assert load_openshape_shape(refs(copy)["objaverse/abc"], OPENSHAPE_TEACHER).texts == []  # "auto" found it
+    kept = load_openshape_shape(refs(copy, text_filter="none")["objaverse/abc"], OPENSHAPE_TEACHER)
+    assert kept.texts[0] == "Lamp_v2"
+    (copy / "meta_data" / "gpt4_filtering.json").unlink()
+    with pytest.raises(FileNotFoundError, match="gpt4_filtering.json.*text_filter=PATH, or =none"):
+        refs(copy)
+    assert list(refs(copy, split="train_no_lvis.json")) == ["shapenet/chair01"]  # no Objaverse: not needed
 
 
 def test_loaded_shape_is_a_valid_dataset_row(root: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the optimiser groups (layer-wise lr decay, no-decay rules) and the lr schedule (spec §6)."""
+"""Tests of the optimiser groups (layer-wise lr decay, no-decay rules) and the lr schedule (docs/method.md §6)."""
 
 from __future__ import annotations
 
@@ -77,10 +77,11 @@ def test_layer_decay_scale(groups: list[dict], name: str, scale: float) -> None:
         ("point_encoder.visual.blocks.1.attn.proj.bias", False),
         ("point_encoder.visual.blocks.1.attn.q_bias", False),  # 1-D, name not ending in .bias
         ("point_encoder.visual.blocks.1.norm1.weight", False),
-        ("point_encoder.visual.cls_token", False),  # (1, 1, D): by name
-        ("point_encoder.visual.pos_embed", False),  # (1, N, D): by name
-        ("point_encoder.cls_token", False),
-        ("point_encoder.cls_pos", False),
+        # (1, 1, D) / (1, N, D) tokens are not 1-D: decayed, as the official groups (docs/method.md §6) do
+        ("point_encoder.visual.cls_token", True),
+        ("point_encoder.visual.pos_embed", True),
+        ("point_encoder.cls_token", True),
+        ("point_encoder.cls_pos", True),
         ("point_encoder.pos_embed.0.weight", True),  # a Linear weight of the position MLP
         ("point_encoder.encoder.0.weight", True),
         ("point_encoder.encoder.1.weight", False),  # BatchNorm
@@ -103,9 +104,10 @@ def test_each_trainable_param_in_exactly_one_group() -> None:
     names = [n for g in groups for n in g["names"]]
     assert "point_encoder.visual.patch_embed.proj.weight" not in names
     assert all(len(g["names"]) == len(g["params"]) for g in groups)
-    # One group per (layer id, decay) for layer ids 0..depth+1, less layer 0's decay group: with
-    # patch_embed frozen, layer 0 holds only the no-decay tokens.
+    # One group per (layer id, decay) for layer ids 0..depth+1, less layer 0's no-decay group: with
+    # patch_embed frozen, layer 0 holds only the (decayed) tokens.
     assert len(groups) == 2 * (DEPTH + 2) - 1
+    assert not [g for g in groups if g["group_name"] == "layer0_no_decay"]
 
 
 def test_layer_id() -> None:
@@ -124,7 +126,7 @@ def test_build_optimizer_keeps_group_settings() -> None:
     opt = build_optimizer(model, cfg, depth=DEPTH)
     assert isinstance(opt, torch.optim.AdamW)
     assert all(g["betas"] == (0.9, 0.999) and g["eps"] == 1e-8 for g in opt.param_groups)
-    assert base_and_scaled(opt, 5, cfg) == (pytest.approx(5e-4), pytest.approx(5e-4 * 0.95**4))
+    assert base_and_scaled(opt, 4, cfg) == (pytest.approx(5e-4), pytest.approx(5e-4 * 0.95**4))
     # A step runs with the extra group keys present.
     model.logit_scale.grad = torch.ones(())
     before = model.logit_scale.item()
@@ -138,10 +140,17 @@ def base_and_scaled(opt: torch.optim.Optimizer, step: int, cfg: OptimConfig) -> 
     return base, layer0["lr"]
 
 
+def test_extra_no_decay_names() -> None:
+    groups = param_groups(FakeModel(), OptimConfig(no_decay_names=("cls_token", "cls_pos")), depth=DEPTH)
+    assert _group_of(groups, "point_encoder.cls_pos")["weight_decay"] == 0.0
+    assert _group_of(groups, "point_encoder.visual.pos_embed")["weight_decay"] == 0.1
+
+
 def test_schedule_values() -> None:
     cfg = OptimConfig(lr=1e-3, warmup_steps=100, total_steps=1100, min_lr=1e-5)
-    assert lr_at(0, cfg) == 0.0
-    assert lr_at(50, cfg) == pytest.approx(5e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-5)  # the first step trains at lr / warmup, not 0
+    assert lr_at(49, cfg) == pytest.approx(5e-4)
+    assert lr_at(99, cfg) == pytest.approx(1e-3)
     assert lr_at(100, cfg) == pytest.approx(1e-3)
     # Half-way through the cosine: min + (max - min) / 2.
     assert lr_at(600, cfg) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)

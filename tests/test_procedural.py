@@ -37,8 +37,8 @@ def test_captions_and_texts(category: str) -> None:
         shape = make_shape(category, seed)
         words = re.findall(r"[a-z]+", shape.caption)
         assert category in words and shape.attributes["color"] in words, shape.caption
-        assert shape.texts[0] == shape.caption and category in shape.texts
-        assert len(shape.texts) >= 3 and len(set(shape.texts)) == len(shape.texts)
+        assert shape.texts == [shape.caption, f"{shape.attributes['color']} {category}"]
+        assert shape.text_groups == [1, 0]  # a caption, a name; never the bare class name (the eval prompt)
         assert shape.uid == f"proc-{category}-{seed}"
 
 

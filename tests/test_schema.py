@@ -73,7 +73,7 @@ def test_rgb_error_bound_for_arbitrary_values():
     err = np.abs(S.decode_points(cells["xyz"], cells["rgb"])[:, 3:] - pts[:, 3:]).max()
     assert 0.9 * S.RGB_MAX_ERROR < err <= S.RGB_MAX_ERROR + 1e-7
     no_color = pts.copy()
-    no_color[:, 3:] = 0.4  # spec §1 constant for shapes without colour comes back exactly
+    no_color[:, 3:] = 0.4  # docs/method.md §1 constant for shapes without colour comes back exactly
     cells = S.make_row(**row(points=no_color, has_color=False))
     assert (S.decode_points(cells["xyz"], cells["rgb"])[:, 3:] == np.float32(0.4)).all()
 
@@ -131,18 +131,22 @@ def test_make_row_checks_text_count_and_duplicate_uids():
 
 def test_validate_table_version_and_fields(tmp_path):
     table = S.rows_to_table([S.make_row(**row())])
-    newer = table.replace_schema_metadata({S.VERSION_KEY: b"2"})
+    newer = table.replace_schema_metadata({S.VERSION_KEY: b"3"})
     pq.write_table(newer, tmp_path / "new.parquet")
-    with pytest.raises(ValueError, match=r"new\.parquet: schema version 2, this code reads 1"):
+    with pytest.raises(ValueError, match=r"new\.parquet: schema version 3, this code reads \(1, 2\)"):
         S.validate_table(pq.read_schema(tmp_path / "new.parquet"), where=str(tmp_path / "new.parquet"))
     with pytest.raises(ValueError, match="no uni3d.schema_version metadata"):
         S.validate_table(table.replace_schema_metadata(None))
     with pytest.raises(ValueError, match="missing field 'rgb'"):
         S.validate_table(table.drop_columns(["rgb"]))
-    wrong = table.set_column(5, S.SCHEMA.field("num_points").with_type(pa.int64()), [[256]])
+    wrong = table.set_column(
+        S.SCHEMA.names.index("num_points"), S.SCHEMA.field("num_points").with_type(pa.int64()), [[256]]
+    )
     with pytest.raises(ValueError, match="'num_points' has type int64"):
         S.validate_table(wrong)
-    short = table.set_column(6, S.SCHEMA.field("xyz"), [[table.column("xyz")[0].as_py()[:-6]]])
+    short = table.set_column(
+        S.SCHEMA.names.index("xyz"), S.SCHEMA.field("xyz"), [[table.column("xyz")[0].as_py()[:-6]]]
+    )
     with pytest.raises(ValueError, match="'a'.*'xyz' size"):
         S.validate_table(short)
     wide = table.cast(pa.schema([f.with_type(pa.large_binary()) if f.type == pa.binary() else f for f in S.SCHEMA]))
@@ -180,9 +184,9 @@ def test_manifest_atomic_write_read(tmp_path, uri):
     S.write_manifest(where, m)  # replaces the old file
     assert S.read_manifest(str(target)).num_shapes == 8
     data = json.loads(target.read_text())
-    data["schema_version"] = 2
+    data["schema_version"] = 3
     target.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="schema version 2, this code reads 1"):
+    with pytest.raises(ValueError, match=r"schema version 3, this code reads \(1, 2\)"):
         S.read_manifest(where)
     with pytest.raises(ValueError, match="unknown failure stages"):
         S.Manifest.from_json(json.dumps({**json.loads(m.to_json()), "failures": {"download": 1}}))
@@ -215,3 +219,30 @@ def test_interrupted_manifest_write_keeps_the_old_file(tmp_path, monkeypatch):
         S.write_manifest(target, S.Manifest(teacher="minilm", embed_dim=384, num_points=2048, num_shapes=2))
     assert S.read_manifest(target).num_shapes == 1
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_text_groups_are_stored_per_text_and_checked(tmp_path):
+    table = write_read(tmp_path, [row("a", text_groups=["name", "caption"]), row("b")])
+    assert table.column("text_groups").to_pylist() == [[0, 1], [0, 0]]  # no groups given: every text a name
+    groups, offsets = S.text_groups_column(table)
+    assert groups.tolist() == [0, 1, 0, 0] and offsets.tolist() == [0, 2, 4]
+    with pytest.raises(ValueError, match="'a'.*'text_groups': expected one group per text"):
+        S.make_row(**row("a", text_groups=["name"]))
+    with pytest.raises(ValueError, match="'text_groups': 'summary' is not a text group"):
+        S.make_row(**row("a", text_groups=["name", "summary"]))
+    bad = table.set_column(
+        S.SCHEMA.names.index("text_groups"), S.SCHEMA.field("text_groups"), pa.array([[0], [0, 0]], pa.list_(pa.int8()))
+    )
+    with pytest.raises(ValueError, match="'a'.*'text_groups' needs one group per text"):
+        S.validate_table(bad)
+
+
+def test_version_1_builds_still_read_with_each_text_its_own_group(tmp_path):
+    table = S.rows_to_table([S.make_row(**row("a")), S.make_row(**row("b"))])
+    v1 = table.drop_columns(["text_groups"]).replace_schema_metadata({S.VERSION_KEY: b"1"})
+    pq.write_table(v1, tmp_path / "v1.parquet")
+    S.validate_table(pq.read_table(tmp_path / "v1.parquet"), where="v1")  # accepted
+    groups, offsets = S.text_groups_column(v1)
+    assert groups.tolist() == [0, 1, 0, 1] and offsets.tolist() == [0, 2, 4]
+    with pytest.raises(ValueError, match="missing field 'text_groups'"):  # a version 2 file must have them
+        S.validate_table(table.drop_columns(["text_groups"]).replace_schema_metadata(S.SCHEMA.metadata))

@@ -61,7 +61,7 @@ def test_malformed_spaces_are_refused_naming_the_field(space: dict, message: str
 def test_every_trial_is_checked_before_any_starts(build: Path, tmp_path: Path) -> None:
     plan = plan_sweep(sweep(build, tmp_path, space={"model": ["nano", "nano-s"], "lr": [1e-3, 3e-3]}), [])
     assert plan.num_trials == 4 and len(plan.by_data) == 1
-    assert plan.trial_cpus == pytest.approx(0.05 + 2 * 0.5 + 1.0)  # the cpu recipe: 2 workers x 0.5 + a read task
+    assert plan.trial_cpus == pytest.approx(0.05 + 2 * 0.5 + 0.5)  # the cpu recipe: 2 workers x 0.5 + a read task x 0.5
     assert plan.max_steps == (190 // 2 // 16) * 4  # 5% held out, 2 workers x 16, 4 epochs
     cases = [
         ({"model": ["nano", "huge"]}, [], r"model='huge': unknown preset 'huge'"),
@@ -92,10 +92,14 @@ def test_a_timm_file_for_another_preset_is_refused_with_the_preset_it_fits(build
         plan_sweep(sweep(build, tmp_path, space={"model": ["nano"], "init": [f"timm:{path}"]}), [])
 
 
-def test_the_job_says_error_and_exits_2_before_starting_ray(build: Path, tmp_path: Path, capsys) -> None:
-    import ray
-
+def test_the_job_says_error_and_exits_2_before_starting_ray(
+    build: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobs.sweep
     from jobs.sweep import main
+
+    joined: list[object] = []
+    monkeypatch.setattr(jobs.sweep, "connect", lambda *a, **k: joined.append(a))  # the job's only way into Ray
 
     common = ["--data", str(build), "--storage", str(tmp_path / "s")]
     bad = [
@@ -111,7 +115,7 @@ def test_the_job_says_error_and_exits_2_before_starting_ray(build: Path, tmp_pat
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
-    assert not ray.is_initialized()
+    assert joined == []
 
 
 def test_the_shipped_sweep_files_parse(build: Path, tmp_path: Path, capsys) -> None:

@@ -70,7 +70,7 @@ def test_minilm_embeds_unit_float32_deterministically(minilm: MiniLMTeacher) -> 
 
 
 def test_minilm_captions_land_on_their_class(minilm: MiniLMTeacher) -> None:
-    classifier = build_zero_shot_classifier(minilm, CLASSES)  # 64 templates (spec §8)
+    classifier = build_zero_shot_classifier(minilm, CLASSES)  # 64 templates (docs/method.md §8)
     logits = zero_shot_logits(minilm.encode_text(CAPTIONS), classifier)  # (12, 12)
     assert logits.argmax(dim=1).tolist() == list(range(len(CLASSES)))
     own = logits.diagonal()

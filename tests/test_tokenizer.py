@@ -1,4 +1,4 @@
-"""FPS, kNN and grouping against answers known by hand and brute force (spec §2)."""
+"""FPS, kNN and grouping against answers known by hand and brute force (docs/method.md §2)."""
 
 from __future__ import annotations
 

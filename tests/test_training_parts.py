@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import uni3d
-from pipelines.heldout import HeldOut, make_heldout, zero_shot_counts
+from pipelines.heldout import SEEN, UNSEEN, HeldOut, make_heldout, sample_parts, zero_shot_counts
 from pipelines.recipes import recipe_names
 from pipelines.schema import make_row, rows_to_table
-from pipelines.splits import drop_holdout, holdout_mask, keep_holdout
+from pipelines.splits import drop_holdout, holdout_mask, keep_holdout, sample_order, train_filter_kwargs
 from pipelines.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig
 from pipelines.trainer import check_resume
@@ -65,6 +65,38 @@ def test_holdout_is_a_fixed_seeded_fraction_of_uids() -> None:
     assert not set(kept.column("uid").to_pylist()) & set(held.column("uid").to_pylist())
     with pytest.raises(ValueError, match="fraction must be in"):
         holdout_mask(uids, 1.0)
+
+
+def test_held_out_categories_are_never_trained_on_whatever_their_uid() -> None:
+    table = pa.table({"uid": [f"u{i}" for i in range(400)], "category": (["chair", "lamp", None, "car"] * 100)})
+    cfg = TrainConfig(data="x", holdout_fraction=0.1, holdout_categories=["lamp", "car"])
+    train = drop_holdout(table, **train_filter_kwargs(cfg))
+    held = keep_holdout(table, **train_filter_kwargs(cfg))
+    assert train.num_rows + held.num_rows == 400
+    assert set(train.column("category").to_pylist()) <= {"chair", None}  # no row of a held-out category
+    assert held.filter(pa.compute.equal(held.column("category"), "lamp")).num_rows == 100  # all of them
+    by_hash = keep_holdout(table, 0.1, cfg.seed)
+    assert set(by_hash.column("uid").to_pylist()) <= set(held.column("uid").to_pylist())
+    nothing = TrainConfig(data="x", holdout_fraction=0.0)
+    assert drop_holdout(table, **train_filter_kwargs(nothing)) is table
+    with pytest.raises(ValueError, match="needs a 'category' column"):
+        drop_holdout(table.select(["uid"]), **train_filter_kwargs(cfg))
+
+
+def test_the_held_out_sample_is_seeded_random_and_independent_of_row_order() -> None:
+    uids = [f"shape-{i:05d}" for i in range(3000)]
+    first = [uids[i] for i in sample_order(uids, 7)[:100]]
+    shuffled = list(np.random.default_rng(0).permutation(uids))
+    assert [shuffled[i] for i in sample_order(shuffled, 7)[:100]] == first  # same sample whatever the order
+    assert first != uids[:100] and first != sorted(first)  # not the first rows, nor sorted by uid
+    assert [uids[i] for i in sample_order(uids, 8)[:100]] != first  # the seed changes it
+    # spread over the whole set, not the build's first rows (which is what a limit() would take)
+    assert np.mean([int(u.split("-")[1]) for u in first]) == pytest.approx(1500, abs=300)
+    held = pa.table({"uid": uids, "category": ["chair", "lamp", "car", None] * 750})
+    parts = sample_parts(held, {"car"}, seed=7, max_shapes=50)
+    assert len(parts[SEEN]) == len(parts[UNSEEN]) == 50
+    cats = dict(zip(uids, held.column("category").to_pylist(), strict=True))
+    assert {cats[u] for u in parts[UNSEEN]} == {"car"} and {cats[u] for u in parts[SEEN]} == {"chair", "lamp"}
 
 
 def test_recipes_build_valid_configs_and_mirror_the_official_recipe() -> None:
@@ -164,8 +196,10 @@ def test_the_saved_model_has_the_official_scalar_logit_scale(tmp_path: Path) -> 
 def test_zero_shot_counts_summed_over_ranks_equal_one_rank() -> None:
     classes = ["bed", "car", "chair", "lamp"]
     table = rows(11, classes)
-    held = make_heldout(table.select(["uid", "category", "num_points", "xyz", "rgb"]), _encode_names)
-    assert isinstance(held, HeldOut) and held.class_names == classes and held.classifier.shape == (4, E)
+    held = make_heldout(table.select(["uid", "category", "num_points", "xyz", "rgb"]), classes, _encode_names)
+    assert isinstance(held, HeldOut) and [s.name for s in held.sets] == [SEEN]
+    held = held.sets[0]
+    assert held.class_names == classes and held.classifier.shape == (4, E)
 
     def embed(points: torch.Tensor) -> torch.Tensor:  # a fixed, deterministic "encoder"
         return points[:, :E, 0].float() @ torch.eye(E) + points[:, 0, :1]
@@ -178,7 +212,21 @@ def test_zero_shot_counts_summed_over_ranks_equal_one_rank() -> None:
     )
     assert torch.equal(one, many) and float(one[-1]) == 11
     assert len(calls) == 3 * 2  # ceil(ceil(11 / 3) / 2) = 2 forwards on every rank, padded ones included
-    assert make_heldout(table.select(["uid", "category"]).slice(0, 1), _encode_names) is None  # one class
+    assert make_heldout(table.select(["uid", "category"]).slice(0, 1), ["bed"], _encode_names) is None  # one class
+
+
+def test_unseen_categories_are_classified_over_all_names_and_seen_ones_over_the_trained_names() -> None:
+    classes = ["bed", "car", "chair", "lamp"]
+    table = rows(12, classes).select(["uid", "category", "num_points", "xyz", "rgb"])
+    held = make_heldout(table, classes, _encode_names, categories=["lamp"])
+    seen, unseen = held.sets
+    assert (seen.name, unseen.name) == (SEEN, UNSEEN) and (seen.prefix, unseen.prefix) == ("zeroshot", "unseen")
+    assert seen.class_names == ["bed", "car", "chair"] and unseen.class_names == classes
+    assert set(unseen.table.column("category").to_pylist()) == {"lamp"} and len(unseen) == 3 and len(seen) == 9
+    full = make_heldout(table, classes, _encode_names).sets[0].classifier
+    assert np.allclose(seen.classifier, full[:3]) and np.allclose(unseen.classifier, full)  # rows of one embedding
+    assert unseen.table.column("label").to_pylist() == [3, 3, 3]
+    assert held.describe().startswith(f"{SEEN}: 9 shapes over 3 class names")
 
 
 def _encode_names(texts: list[str]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Zero-shot maths (spec §8): templates, the classifier by hand, logits, top-k with ties, per-class accuracy."""
+"""Zero-shot maths (docs/method.md §8): templates, the classifier by hand, logits, top-k with ties, per-class
+accuracy."""
 
 from __future__ import annotations
 

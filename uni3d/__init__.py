@@ -30,6 +30,7 @@ from uni3d.teachers import (
     TeacherConfig,
     build_teacher,
     parse_teacher,
+    shared_teacher,
 )
 from uni3d.zeroshot import (
     build_zero_shot_classifier,
@@ -72,6 +73,7 @@ __all__ = [
     "Teacher",
     "TeacherConfig",
     "build_teacher",
+    "shared_teacher",
     "build_zero_shot_classifier",
     "load_templates",
     "parse_init",

@@ -1,10 +1,10 @@
 """Batched training augmentation of coloured point clouds, on the input's device.
 
-Follows spec §6 (Uni3D, arXiv 2310.06773, the official pretraining augmentation). On xyz, in order:
+Follows docs/method.md §6 (Uni3D, arXiv 2310.06773, the official pretraining augmentation). On xyz, in order:
 unit-sphere normalisation; one scale U(0.8, 1.25) per cloud; one shift U(-0.1, 0.1) per axis per
 cloud; a small rotation about x, then y, then z with angles N(0, 0.06²) clipped to ±0.18 rad; a full
 rotation about the up axis y with angle U(0, 2π). Then, with probability 0.5 per cloud, the rgb of
-every point is replaced by 0.4 (the colour a shape without colour gets, spec §1).
+every point is replaced by 0.4 (the colour a shape without colour gets, docs/method.md §1).
 
 All clouds are processed at once (no Python loop over the batch) and the input is never modified
 in place: batches may be zero-copy views (e.g. from Ray Data). Rotation matrices act on column

@@ -2,7 +2,7 @@
 
 - Ours: a folder with ``model.safetensors`` (fp32 weights) and ``config.json`` (the encoder
   config plus free-form metadata such as the teacher). Loading never unpickles code.
-- Official (spec §4): ``model.pt`` = ``{'module': flat fp16 state dict}``; read with
+- Official (docs/method.md §4): ``model.pt`` = ``{'module': flat fp16 state dict}``; read with
   ``torch.load(weights_only=True)`` and loaded strictly into an fp32 model whose preset is
   inferred from the tensor shapes. ``export_official`` writes the same layout.
 

@@ -1,4 +1,4 @@
-"""The Uni3D point encoder: tokenizer + timm EVA blocks + projection (Uni3D spec §2–3).
+"""The Uni3D point encoder: tokenizer + timm EVA blocks + projection (docs/method.md §2–3).
 
 ``Uni3D`` mirrors the official module tree (``logit_scale``, ``point_encoder.encoder``,
 ``point_encoder.visual`` = a whole timm EVA model, …) so official checkpoints load strictly. Any timm

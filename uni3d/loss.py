@@ -1,13 +1,18 @@
 """The Uni3D contrastive loss: point embeddings aligned with frozen CLIP text and image embeddings.
 
-Follows spec §5 (Uni3D, arXiv 2310.06773, as the official release implements it):
+Follows docs/method.md §5 (Uni3D, arXiv 2310.06773, as the official release implements it):
 
     L = ½[CE(s·P·Tᵀ, y) + CE(s·T·Pᵀ, y)] + ½[CE(s·P·Iᵀ, y') + CE(s·I·Pᵀ, y')]
 
 with P, T, I the L2-normalised point, text and image embeddings, s = exp(logit_scale), negatives taken
 from every rank (the local rows are scored against the gathered set), y = rank·B + arange(B) and y' = y
-with the rows of shapes that have no rendered image set to the ignore index (their images stay in the
-gathered set as negatives for the other rows).
+with the rows of shapes that have no rendered image set to the ignore index.
+
+A shape without an image has no image column either: its (absent) image is masked out of every row's
+point->image softmax over the global batch, so it is neither a positive nor a negative for anyone. The
+official code puts a placeholder vector there, a negative that every other shape is scored against;
+a zero vector would be a column of logit 0 in every row. Masking makes a batch with k image-less
+shapes give exactly the loss of the same batch without them in the image terms.
 
 FIX over the official code: the official all_gather returns detached copies, so with several ranks the
 T->P and I->P directions train nothing. Here the gathered list always holds the *local* tensor at
@@ -46,7 +51,7 @@ class LossConfig:
 def torch_distributed_gather(t: Tensor, with_grad: bool = True) -> list[Tensor]:
     """All-gather ``t`` over the default process group; the entry at this rank is ``t`` itself.
 
-    With ``with_grad=False`` the other ranks' copies are detached (the spec's FIX alone: only the local
+    With ``with_grad=False`` the other ranks' copies are detached (the fix of docs/method.md §5 alone: only the local
     slice keeps its gradient). With ``with_grad`` (the default) the gather is differentiable (``torch.distributed.nn``):
     its backward sums each copy's gradient back onto its owner, which makes the loss exact.
     Without an initialised process group this returns ``[t]``.
@@ -90,7 +95,7 @@ def _masked_mean_ce(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[
 
 
 class Uni3DLoss(nn.Module):
-    """Symmetric point-text plus point-image InfoNCE over the global batch (spec §5).
+    """Symmetric point-text plus point-image InfoNCE over the global batch (docs/method.md §5).
 
     ``gather`` must return ``world_size`` tensors in rank order; whatever it returns at ``rank`` is
     replaced by the local tensor, so the local slice always keeps its gradient. It is required when
@@ -142,7 +147,8 @@ class Uni3DLoss(nn.Module):
         Args:
             point_emb: (B, E) point-encoder output (not yet normalised).
             text_emb: (B, E) teacher text embeddings.
-            image_emb: (B, E) teacher image embeddings (any values for shapes without an image).
+            image_emb: (B, E) teacher image embeddings; rows of shapes without an image are never read (they
+                are zeroed, then masked out of every softmax: no positive, no negative), so any values do.
             has_image: (B,) bool, False where the shape has no rendered image.
             logit_scale: scalar learned log-temperature; the logits are multiplied by its exp.
 
@@ -153,21 +159,24 @@ class Uni3DLoss(nn.Module):
         """
         _check_inputs(point_emb, text_emb, image_emb, has_image, logit_scale)
         batch = point_emb.shape[0]
+        has_image = has_image.to(point_emb.device)
         # Normalise in fp32: a softmax over the global batch is lossy in half precision.
         p = F.normalize(point_emb.float(), dim=-1)  # (B, E)
         t = F.normalize(text_emb.float(), dim=-1)  # (B, E)
-        i = F.normalize(image_emb.float(), dim=-1)  # (B, E)
+        i = F.normalize(image_emb.float(), dim=-1).masked_fill(~has_image[:, None], 0.0)  # (B, E), no NaN kept
         p_all, t_all, i_all = self._gather(p), self._gather(t), self._gather(i)  # (W·B, E)
+        image_cols = self._gather(has_image.float()[:, None]).detach().reshape(-1) > 0.5  # (W·B,)
         scale = logit_scale.float().reshape(()).exp()
 
         labels = self.rank * batch + torch.arange(batch, device=p.device)  # (B,)
         ignore = self.cfg.ignore_index
-        image_labels = torch.where(has_image.to(p.device), labels, torch.full_like(labels, ignore))
+        image_labels = torch.where(has_image, labels, torch.full_like(labels, ignore))
 
         logits_pt = scale * p @ t_all.T  # (B, W·B)
         logits_tp = scale * t @ p_all.T  # (B, W·B)
-        logits_pi = scale * p @ i_all.T  # (B, W·B)
-        logits_ip = scale * i @ p_all.T  # (B, W·B)
+        # no image, no column: a finite floor rather than -inf, so an all-masked row stays NaN-free
+        logits_pi = (scale * p @ i_all.T).masked_fill(~image_cols[None, :], torch.finfo(torch.float32).min)
+        logits_ip = scale * i @ p_all.T  # (B, W·B); the rows without an image are ignored
 
         loss_text = 0.5 * (F.cross_entropy(logits_pt, labels) + F.cross_entropy(logits_tp, labels))
         ce_pi, num_image_rows = _masked_mean_ce(logits_pi, image_labels, ignore)

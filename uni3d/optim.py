@@ -1,17 +1,21 @@
 """AdamW parameter groups with layer-wise lr decay, and the warmup + cosine lr schedule.
 
-Follows spec §6 (Uni3D, arXiv 2310.06773, the official pretraining recipe): AdamW
+Follows docs/method.md §6 (Uni3D, arXiv 2310.06773, the official pretraining recipe): AdamW
 (0.9, 0.999, eps 1e-8), lr 1e-3, weight decay 0.1; layer-wise lr decay 0.95 on the ViT with
 scale = decay^(depth + 1 - layer_id), where layer 0 is the ViT's patch embed / pos embed / cls token,
 layer i + 1 is block i and depth + 1 is the rest of the ViT; everything outside the ViT (the point
 tokenizer, its position MLP, the projections, logit_scale) has scale 1. Linear warmup, then cosine
 to ``min_lr``.
 
-No weight decay, as the official code: parameters with ndim <= 1 (norms, biases, q/v biases,
-the 0-d ``logit_scale``), names ending in ``.bias``, and parameters whose last name component is in
-``OptimConfig.no_decay_names`` (the ``(1, 1, D)`` / ``(1, N, D)`` tokens ``cls_token``, ``cls_pos``,
-``pos_embed``, ...). The point tokenizer's position MLP ``point_encoder.pos_embed.0.weight`` is a
-Linear weight (last component ``weight``) and is decayed.
+No weight decay, as the official code (docs/method.md §6: "none on biases and 1-D params"): parameters with
+ndim <= 1 (norms, biases, q/v biases, the 0-d ``logit_scale``) and names ending in ``.bias``. Everything
+else is decayed, the ``(1, 1, D)`` tokens ``cls_token`` and ``cls_pos`` and the ViT's ``pos_embed``
+included: the official groups exempt nothing by name (its model defines no ``no_weight_decay`` list).
+``OptimConfig.no_decay_names`` exempts more by their last name component when asked (timm's habit of
+exempting ``cls_token`` / ``pos_embed``); it is empty by default.
+
+The schedule is indexed by the optimiser step s = 0, 1, ...: the first step already trains at
+lr / warmup_steps (not 0), step warmup_steps - 1 at lr, then cosine to ``min_lr`` at total_steps.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class OptimConfig:
     warmup_steps: int = 10_000
     total_steps: int = 100_000  # placeholder: callers set epochs x steps per epoch
     min_lr: float = 0.0
-    no_decay_names: tuple[str, ...] = ("cls_token", "cls_pos", "pos_embed", "mask_token", "logit_scale")
+    no_decay_names: tuple[str, ...] = ()  # extra exemptions by last name component; none officially
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -124,11 +128,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, depth: int, vit_prefix: 
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Base lr at ``step``: linear 0 -> lr over warmup_steps, cosine to min_lr at total_steps, then flat."""
+    """Base lr of optimiser step ``step`` (0-based): linear warmup lr·(step + 1)/warmup_steps, so step 0
+    trains at lr/warmup_steps and step warmup_steps - 1 at lr; then cosine to min_lr at total_steps, then flat."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if step < cfg.warmup_steps:
-        return cfg.lr * step / cfg.warmup_steps
+        return cfg.lr * (step + 1) / cfg.warmup_steps
     if step >= cfg.total_steps:
         return cfg.min_lr
     progress = (step - cfg.warmup_steps) / (cfg.total_steps - cfg.warmup_steps)  # in [0, 1)

@@ -1,4 +1,4 @@
-"""Model sizes: one typed config and one preset table (Uni3D spec §2–3).
+"""Model sizes: one typed config and one preset table (docs/method.md §2–3).
 
 The five official scales reuse timm's EVA models by name (``tiny`` … ``giant``), so their
 parameter counts equal the official release at ``embed_dim=1024``. The CPU presets reuse the
@@ -84,7 +84,7 @@ def _cpu(width: int, depth: int, num_heads: int, num_group: int, group_size: int
 
 
 PRESETS: dict[str, EncoderConfig] = {
-    # Official scales (spec §3 table): timm model, width D, depth, heads.
+    # Official scales (docs/method.md §3 table): timm model, width D, depth, heads.
     "tiny": _official("eva02_tiny_patch14_224", 192, 12, 3),
     "small": _official("eva02_small_patch14_224", 384, 12, 6),
     "base": _official("eva02_base_patch14_448", 768, 12, 12),
@@ -98,7 +98,7 @@ PRESETS: dict[str, EncoderConfig] = {
     "micro": _cpu(width=192, depth=4, num_heads=3, num_group=64, group_size=32, num_points=2048),
 }
 
-# Official parameter counts at embed_dim=1024 (spec §3), checked by the tests.
+# Official parameter counts at embed_dim=1024 (docs/method.md §3), checked by the tests.
 OFFICIAL_PARAM_COUNTS: dict[str, int] = {
     "tiny": 6_384_449,
     "small": 22_823_681,

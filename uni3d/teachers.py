@@ -1,4 +1,4 @@
-"""Frozen teachers: the CLIP-style embedding spaces a Uni3D point encoder is aligned to (spec §5, §8).
+"""Frozen teachers: the CLIP-style embedding spaces a Uni3D point encoder is aligned to (docs/method.md §5, §8).
 
 Uni3D (arXiv 2310.06773) distils a frozen OpenCLIP ``EVA02-E-14-plus`` (``laion2b_s9b_b144k``, E = 1024):
 its text and image embeddings are precomputed for training, and its text embeddings of class prompts
@@ -29,6 +29,8 @@ heavy dependencies (open_clip, sentence-transformers) are imported when a teache
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -424,3 +426,15 @@ def build_teacher(cfg: TeacherConfig | str) -> Teacher:
     return OpenClipTeacher(
         cfg.model, cfg.pretrained, cfg.checkpoint, precision=cfg.precision, text_only=cfg.text_only, **common
     )
+
+
+def shared_teacher(cfg: TeacherConfig | str) -> Teacher:
+    """``build_teacher``, loaded once per process and shared: a driver that embeds class names for several runs
+    (a notebook, a sweep, the demo, a test session) loads the weights once. For inference only."""
+    cfg = parse_teacher(cfg) if isinstance(cfg, str) else cfg
+    return _shared_teacher(tuple(sorted(dataclasses.asdict(cfg).items())))
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_teacher(fields: tuple[tuple[str, Any], ...]) -> Teacher:
+    return build_teacher(TeacherConfig(**dict(fields)))

@@ -1,4 +1,4 @@
-"""Point tokenizer: FPS centres, kNN groups, mini-PointNet patch features (Uni3D spec §2).
+"""Point tokenizer: FPS centres, kNN groups, mini-PointNet patch features (docs/method.md §2).
 
 Everything is batched on the input's device with no Python loop over the batch, so the same
 code groups on a CPU laptop and on a GPU without the official CUDA-only extension.
@@ -10,6 +10,8 @@ never chosen (except index 0, the start). Ties go to the lowest index.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -64,8 +66,52 @@ def group_points(pc: Tensor, num_group: int, group_size: int) -> tuple[Tensor, T
     return features, centres
 
 
+class Fp32BatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm that normalises in fp32 and keeps its running statistics in fp32, whatever the module dtype.
+
+    Under bf16 training (DeepSpeed casts every parameter to bf16; DDP runs under autocast) the batch
+    statistics of a bf16 activation and bf16 running means lose the small updates of momentum 0.1
+    (bf16 keeps 8 bits of mantissa). Here the input, weight and bias are upcast for the normalisation,
+    the output is cast back to the input's dtype, and ``running_mean`` / ``running_var`` stay fp32
+    even through ``model.to(torch.bfloat16)``. Same parameters and state-dict keys as ``nn.BatchNorm1d``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # nn.BatchNorm1d.forward's logic, computed in fp32
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        # autocast would recast the fp32 inputs; "meta" (FLOP counting) has no autocast to turn off
+        off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
+        with off:
+            y = nn.functional.batch_norm(
+                x.float(),
+                self.running_mean if use_buffers else None,
+                self.running_var if use_buffers else None,
+                None if self.weight is None else self.weight.float(),
+                None if self.bias is None else self.bias.float(),
+                use_batch_stats,
+                factor,
+                self.eps,
+            )
+        return y.to(x.dtype)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)
+        for name in ("running_mean", "running_var"):
+            buf = self._buffers.get(name)
+            if buf is not None and buf.dtype != torch.float32:
+                self._buffers[name] = buf.float()
+        return self
+
+
 class MiniPointNet(nn.Module):
-    """Per-patch PointNet (spec §2): shared MLPs, max over points, global-local concat, max again.
+    """Per-patch PointNet (docs/method.md §2): shared MLPs, max over points, global-local concat, max again.
+
+    Its BatchNorms normalise in fp32 with fp32 running statistics (``Fp32BatchNorm1d``), also in bf16 runs.
 
     Module names (``first_conv``, ``second_conv``) follow the official checkpoints.
     """
@@ -74,10 +120,10 @@ class MiniPointNet(nn.Module):
         super().__init__()
         self.out_dim = out_dim
         self.first_conv = nn.Sequential(
-            nn.Conv1d(6, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+            nn.Conv1d(6, 128, 1), Fp32BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_dim, 1)
+            nn.Conv1d(512, 512, 1), Fp32BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_dim, 1)
         )
 
     def forward(self, patches: Tensor) -> Tensor:
@@ -93,7 +139,7 @@ class MiniPointNet(nn.Module):
 class PatchDropout(nn.Module):
     """FLIP patch dropout: keep the CLS token and a random ``max(1, int(G*(1-p)))`` patches.
 
-    FIX (spec §2): the official module also drops in eval mode; here it is a no-op outside training.
+    FIX (docs/method.md §2): the official module also drops in eval mode; here it is a no-op outside training.
     """
 
     def __init__(self, prob: float) -> None:
@@ -132,7 +178,7 @@ def check_point_cloud(pc: object, group_size: int, num_group: int) -> None:
 
 
 def gelu_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """Linear-GELU-Linear, the centre position embedding of spec §2 (indices 0 and 2 as official)."""
+    """Linear-GELU-Linear, the centre position embedding of docs/method.md §2 (indices 0 and 2 as official)."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
 
 

@@ -1,4 +1,4 @@
-"""Zero-shot classification maths: prompt templates, the text classifier, logits and accuracies (spec §8).
+"""Zero-shot classification maths: prompt templates, the text classifier, logits and accuracies (docs/method.md §8).
 
 Follows the Uni3D zero-shot protocol (arXiv 2310.06773, official ``test_zeroshot_3d_core``): every class
 name is written into the 64 official prompt templates (``uni3d/data/templates.txt``, the official
@@ -6,6 +6,10 @@ name is written into the 64 official prompt templates (``uni3d/data/templates.tx
 including its one template without a final full stop); the teacher's text embeddings of the 64 prompts
 are L2-normalised, averaged and L2-normalised again. Logits are cosine similarities between point
 embeddings and class embeddings; accuracy is top-1/3/5 over samples.
+
+Class names go into the templates exactly as given, never cleaned here: the official evaluation prompts the
+names of its ``data/labels.json``, which keeps Objaverse-LVIS's underscores ("Band_Aid") and spells
+ModelNet40's shape names with spaces ("flower pot"); ``pipelines.eval_sets`` picks those names per benchmark.
 
 Layout: the classifier is ``(C, E)``, one unit row per class (like a teacher's ``(n, E)`` output), and
 logits are ``(N, C)``. Everything is torch; numpy inputs are converted.
@@ -69,7 +73,7 @@ def build_zero_shot_classifier(
     class_names: Sequence[str],
     templates: Sequence[str] | None = None,
 ) -> Tensor:
-    """Class embeddings ``(C, E)`` float32 on the CPU, one unit-norm row per class (spec §8).
+    """Class embeddings ``(C, E)`` float32 on the CPU, one unit-norm row per class (docs/method.md §8).
 
     ``teacher_or_encode_text`` is a :class:`uni3d.teachers.Teacher` or any function mapping a list of
     strings to an ``(n, E)`` array/tensor. All ``C * T`` prompts go to it in one call (the teacher batches

@@ -1,0 +1,93 @@
+"""Joining Ray the way every job does: the cluster at ``--address``, else ``$RAY_ADDRESS`` (set by
+``ray job submit``), else the cluster that ``ray start`` recorded on this machine, else a new local Ray.
+
+Ray's own lookup reads the address that ``ray start`` writes to ``<ray temp dir>/ray_current_cluster``.
+Only ``ray stop`` removes that file, so a head that was killed leaves it behind, and ``ray.init()`` then
+waits minutes for a cluster that is gone. Here the recorded address is probed first (one TCP connect
+to its GCS port, at most ``PROBE_TIMEOUT_S``): a live cluster is joined as Ray would, a dead one is
+named in one line and a local Ray is started instead.
+
+Worker output reaches the driver (``log_to_driver``), so under ``ray job submit`` the errors, retries
+and warnings of every actor and Train worker are in ``ray job logs``. Token authentication (on by
+default from Ray 2.59 for clusters started with ``ray start``) needs nothing here: a job started by the
+job server inherits its token, and a client outside the cluster sets ``RAY_AUTH_MODE=token`` (README).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+import ray
+
+PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The address ``ray start`` left in ``file``, and whether a GCS answers there."""
+
+    file: str
+    address: str
+    alive: bool
+
+
+def address_file() -> str:
+    """Where ``ray start`` records the head's address (``/tmp/ray/ray_current_cluster`` by default)."""
+    from ray._common.utils import get_ray_address_file
+
+    return get_ray_address_file(None)
+
+
+def gcs_answers(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether something accepts a TCP connection at ``host:port`` within ``timeout`` seconds."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def recorded_cluster(timeout: float = PROBE_TIMEOUT_S) -> Recorded | None:
+    """The cluster recorded on this machine by ``ray start``, probed; None when nothing is recorded."""
+    path = address_file()
+    try:
+        with open(path) as f:
+            address = f.read().strip()
+    except OSError:
+        return None
+    if not address:
+        return None
+    return Recorded(path, address, gcs_answers(address, timeout))
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The address to pass to ``ray.init``: the one given, ``$RAY_ADDRESS``, a live recorded cluster, or
+    ``"local"`` (a new local Ray) when the recorded one is dead, which is said in one line on stderr."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        return address
+    recorded = recorded_cluster()
+    if recorded is None:
+        return None  # nothing recorded: ray.init starts a local Ray
+    if recorded.alive:
+        return recorded.address  # Ray's convention: join the cluster `ray start` began on this machine
+    print(
+        f"[ray] ignoring {recorded.file}: no Ray cluster answers at {recorded.address} (a head that was killed "
+        "rather than stopped leaves this file); starting a local Ray",
+        file=sys.stderr,
+        flush=True,
+    )
+    return "local"
+
+
+def connect(address: str | None = None, *, worker_logs: bool = True) -> None:
+    """``ray.init`` once per process; a no-op when Ray is already initialised (tests, notebooks)."""
+    if ray.is_initialized():
+        return
+    ray.init(address=resolve_address(address), log_to_driver=worker_logs)
