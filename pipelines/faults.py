@@ -8,7 +8,7 @@ never set in normal use:
 - ``build_hold_after_shards=K``: the build's driver stops reading once K shards are written, writes the
   file ``<out>/_work/fault-held`` and waits for ``<out>/_work/fault-release`` (a test removes a node
   in between).
-- ``sweep_kill_after_trials=N``: the sweep's driver kills itself once N trials have finished.
+- ``sweep_kill_after_trials=N``: the sweep's driver kills itself as soon as N trials have finished.
 - ``train_exit=R@S``: Ray Train rank R exits (``os._exit``) when it is about to take step S, once per
   run (the marker ``<run>/faults/exited-R@S`` says it happened; the restarted worker group goes on).
 - ``train_hold=R@S``: rank R (``*``: every rank) writes ``<run>/faults/held-R@S`` (its node's id) when it is

@@ -273,7 +273,7 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     callbacks = [tune.logger.JsonLoggerCallback(), tune.logger.CSVLoggerCallback(), reporter, *_mlflow(cfg)]
     kill_after = int(faults.faults().get("sweep_kill_after_trials", 0) or 0)  # tests only ($UNI3D_FAULTS)
     if kill_after:
-        callbacks.append(KillAfterTrials(kill_after, cfg.folder))
+        callbacks.append(KillAfterTrials(kill_after))
     total = plan.num_trials * cfg.num_samples if plan.num_trials else cfg.num_samples
     if tune.Tuner.can_restore(str(cfg.folder)):
         log(f"[sweep] resuming {cfg.folder}: finished trials are kept, interrupted ones continue")
@@ -345,28 +345,18 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
 
 
 class KillAfterTrials(tune.Callback):
-    """Tests only (``pipelines.faults``): the sweep's driver kills itself once ``n`` trials have finished and
-    Tune's saved experiment state in the sweep's storage says so (Tune saves it every 10 s or more, and uploads it
-    in the background), so that a restore finds them finished."""
+    """Tests only (``pipelines.faults``): the sweep's driver kills itself as soon as ``n`` trials have finished,
+    before Tune starts another or saves that they finished: a restored sweep finds those trials' runs finished
+    (``final/``) and does not train them again."""
 
-    def __init__(self, n: int, folder: Location) -> None:
-        self.n, self.folder, self.finished, self.checked = n, folder, 0, 0.0
+    def __init__(self, n: int) -> None:
+        self.n, self.finished = n, 0
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.finished += 1
-
-    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if self.finished < self.n or time.monotonic() - self.checked < 1.0:
-            return
-        if "sweep_kill_after_trials" not in faults.faults():
-            return  # Tuner.restore brings its callbacks back pickled: a restored sweep runs without the fault
-        self.checked = time.monotonic()
-        try:
-            saved = tune.ExperimentAnalysis(self.folder.path, storage_filesystem=self.folder.fs).trials
-        except Exception:  # nothing saved yet
-            return
-        if sum(t.status == "TERMINATED" for t in saved) >= self.n:
-            faults.kill_self(f"{self.n} trials finished and saved (sweep_kill_after_trials={self.n})")
+        if self.finished >= self.n and "sweep_kill_after_trials" in faults.faults():
+            # (Tuner.restore brings its callbacks back pickled: a restored sweep runs without the fault)
+            faults.kill_self(f"{self.finished} trials finished (sweep_kill_after_trials={self.n})")
 
 
 class ReportCallback(tune.Callback):

@@ -137,6 +137,22 @@ def check_resume(run_dir: str | os.PathLike | Location, cfg: TrainConfig) -> Non
         )
 
 
+def finished_run(run_dir: Location, cfg: TrainConfig) -> PretrainResult | None:
+    """The result of a run that already took its last step (``final/`` written), or None.
+
+    ``check_resume`` has made sure the run's data, split, workers and batch are the saved ones, so its steps per
+    epoch are the saved plan's; only ``epochs`` may have changed, and then the run is not finished."""
+    saved, final = run_dir / "config.json", run_dir / "final"
+    if not (saved.is_file() and (final / "config.json").is_file()):
+        return None
+    plan = json.loads(saved.read_text())["plan"]
+    total = plan["steps_per_epoch"] * cfg.epochs
+    step = json.loads((final / "config.json").read_text()).get("meta", {}).get("step", 0)
+    if total != plan["total_steps"] or step < total:
+        return None
+    return PretrainResult(str(run_dir), step, total, {}, str(final))
+
+
 def _heldout_ref(
     cfg: TrainConfig, manifest: Manifest, ds: ray.data.Dataset, keys: BuildKeys
 ) -> tuple[Any, str, dict[str, Any]]:
@@ -195,6 +211,9 @@ def run_pretrain(
     run_dir = Location.of(cfg.storage) / cfg.name
     cfg = dataclasses.replace(cfg, storage=str(run_dir.parent))  # absolute: Ray Train's workers run elsewhere
     check_resume(run_dir, cfg)
+    done = finished_run(run_dir, cfg)
+    if done is not None:  # the same command again after the last step: nothing to start
+        return done
     run_dir.mkdir()
     say = print if verbose else (lambda *a, **k: None)
     say(f"[pretrain] init: {init_text}")

@@ -125,7 +125,7 @@ def test_pools_share_the_work_and_shards_land_while_shapes_are_still_sampled(
     from pipelines.build import run_build
     from pipelines.config import BuildConfig, ResourceConfig, SourceConfig
 
-    total = 160
+    total = 96
     cfg = BuildConfig(
         output=str(tmp_path / "spread"),
         teacher="openclip-random:tiny-ViT-32",  # 12 rendered views per shape: the shape stage is the slow one

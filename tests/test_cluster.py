@@ -1,5 +1,5 @@
-"""Multi-node behaviour on one machine: a Ray cluster of three 2-CPU raylets (``ray.cluster_utils.Cluster``), shared
-by this module's tests, which run after all the others (conftest). The build spreads over the three nodes; a node
+"""Multi-node behaviour on one machine: a Ray cluster of three 2-CPU raylets (``ray.cluster_utils.Cluster``), shared by
+this module's tests, which run after all the others (conftest). The build spreads over the three nodes, and a node
 removed mid-build loses and duplicates no shape; pretraining puts its workers on different nodes, and a node removed
 mid-run restarts the workers from the last checkpoint and the run finishes. Nodes are removed at a chosen point,
 where an injected fault (``pipelines.faults``) holds the build's driver or the training workers, never on a timer.
@@ -77,45 +77,27 @@ def wait_for(paths: list[Path], timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
-def test_build_spreads_over_three_nodes(cluster, all_actors_before_work: None, tmp_path: Path) -> None:
-    from jobs.build_dataset import main
-
-    nodes = {n[:12] for n in alive_nodes()}
-    assert len(nodes) == 3
-    out = tmp_path / "spread"
-    argv = ["--out", str(out), "--set", "source.num_shapes=48", "--set", "num_points=1024"]
-    argv += ["--set", "rows_per_shard=4", "--set", "resources.shape_workers=3"]
-    assert main(argv) == 0
-    uids = pq.read_table(out / "shards")["uid"].to_pylist()
-    assert len(uids) == len(set(uids)) == 48
-    # Ray Data places the pool's actors with SPREAD, one a node; each ran blocks of this build (Ray's own record
-    # of each row's actor and node, kept in the run's stats).
-    (stats,) = (out / "stats").glob("build-*.json")
-    record = json.loads(stats.read_text())
-    by_node, per_block = record["rows_by_node"]["shape"], record["plan"]["rows_per_block"]
-    assert set(by_node) == nodes and sum(by_node.values()) == 48, by_node
-    assert len(record["rows_by_worker"]["shape"]) == 3 and min(by_node.values()) >= per_block, by_node
-
-
-def test_a_node_lost_mid_build_loses_and_duplicates_no_shape(
-    cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_build_spreads_over_three_nodes_and_a_node_lost_mid_build_loses_and_duplicates_no_shape(
+    cluster, all_actors_before_work: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The build's driver holds after 2 shards; a worker node is removed (its raylet and every process on it
-    killed); released, the build finishes: Ray Data restarts the lost actors elsewhere and retries their tasks,
-    lost blocks are rebuilt from lineage, a shard written twice keeps its deterministic name."""
+    """Ray Data places the shape pool's three actors with SPREAD, one a node, and each takes blocks. The build's
+    driver holds after 12 of its 24 shards; a worker node is removed (its raylet and every process on it killed);
+    released, the build finishes: Ray Data restarts the lost actor elsewhere and retries its tasks, lost blocks are
+    rebuilt from lineage, a shard written twice keeps its deterministic name."""
     from jobs.build_dataset import main
 
     out = tmp_path / "lost"
     work = out / "_work"
+    nodes = alive_nodes()
+    assert len(nodes) == 3
     victim = next(n for n in reversed(cluster.list_all_nodes()) if n.node_id not in kept(cluster))
-    before = alive_nodes()
 
     def remove_a_node_while_the_driver_holds() -> None:
         wait_for([work / "fault-held"])
         cluster.remove_node(victim, allow_graceful=False)
         (work / "fault-release").write_text("go")
 
-    monkeypatch.setenv("UNI3D_FAULTS", "build_hold_after_shards=2")
+    monkeypatch.setenv("UNI3D_FAULTS", "build_hold_after_shards=12")
     thread, errors = in_background(remove_a_node_while_the_driver_holds)
     argv = ["--out", str(out), "--set", "source.num_shapes=96", "--set", "num_points=1024"]
     argv += ["--set", "rows_per_shard=4", "--set", "resources.shape_workers=3", "--set", "progress_every_s=1000"]
@@ -127,12 +109,19 @@ def test_a_node_lost_mid_build_loses_and_duplicates_no_shape(
         cluster.add_node(num_cpus=2)  # three nodes again for the next test
         cluster.wait_for_nodes()
     assert not errors, errors
-    assert victim.node_id in before and victim.node_id not in alive_nodes()
+    assert victim.node_id in nodes and victim.node_id not in alive_nodes()
     shards = sorted((out / "shards").glob("*.parquet"))
     uids = pq.read_table(out / "shards")["uid"].to_pylist()
     assert len(uids) == len(set(uids)) == 96 and len(shards) == 96 // 4
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_shapes"] == 96 and manifest["failures"] == {}, manifest
+    # Every node's actor sampled rows of this build (Ray's own record of each row's actor and node, in the run's
+    # stats), the lost node's among them: the driver had read 12 shards from all three before it held.
+    (stats,) = (out / "stats").glob("build-*.json")
+    record = json.loads(stats.read_text())
+    by_node, per_block = record["rows_by_node"]["shape"], record["plan"]["rows_per_block"]
+    assert set(by_node) == {n[:12] for n in nodes} and sum(by_node.values()) == 96, by_node
+    assert min(by_node.values()) >= per_block, by_node
 
 
 def test_pretraining_spreads_over_nodes_and_a_node_lost_mid_run_resumes_from_the_last_checkpoint(

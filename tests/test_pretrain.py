@@ -1,8 +1,8 @@
 """Pretraining on Ray Train with two CPU workers, on the suite's shared build: DeepSpeed ZeRO-1 lowers the loss
-and writes the whole run; a worker that exits mid-run (an injected fault, ``pipelines.faults``) and a run that is
-stopped and run again both resume with the losses of the uninterrupted run;
-bad settings are refused. (ZeRO-3 in bf16, saved to and resumed from object storage: test_object_storage.py; DDP,
-with a node lost mid-run: test_cluster.py; DDP trials: test_sweep.py.)"""
+and writes the whole run; a worker that exits mid-run (an injected fault, ``pipelines.faults``) is restarted from
+the last checkpoint and the run takes exactly the steps of the uninterrupted one; bad settings are refused.
+(A run stopped with ``until_step`` and run again, with ZeRO-3 in bf16, in object storage: test_object_storage.py;
+DDP with a node lost mid-run: test_cluster.py; DDP trials: test_sweep.py.)"""
 
 from __future__ import annotations
 
@@ -66,27 +66,25 @@ def test_deepspeed_zero1_lowers_the_loss_and_writes_the_run(zero1: Path) -> None
     assert len(list(zero1.glob("checkpoint_*-*"))) == 2  # keep_checkpoints
 
 
-def test_a_failed_worker_and_a_stopped_run_resume_with_the_losses_of_the_uninterrupted_run(
+def test_a_failed_worker_resumes_from_the_last_checkpoint_with_the_losses_of_the_uninterrupted_run(
     small_build: Path, zero1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = tmp_path / "resumed"
     # Rank 1 exits when it is about to take step 8: Ray Train restarts the worker group from the step-5
-    # checkpoint (max_failures=1), and this invocation stops at step 12 with a checkpoint.
+    # checkpoint (max_failures=1), and every step from there is the one the uninterrupted run took.
+    run = tmp_path / "resumed"
     monkeypatch.setenv("UNI3D_FAULTS", "train_exit=1@8")
-    assert pretrain(small_build, tmp_path, "resumed", *RUN, "max_failures=1", "until_step=12") == 0
-    assert (run / "faults" / "exited-1@8").is_file() and not (run / "final").exists()
-    lines = metrics(run)
-    assert [m["step"] for m in lines] == list(range(1, 13))  # steps 6-7 of the failed attempt logged once
-    assert [m["start_step"] for m in lines] == [0] * 5 + [5] * 7
-    # The same command again (the fault is spent: its marker is in the run) takes the steps left.
     assert pretrain(small_build, tmp_path, "resumed", *RUN, "max_failures=1") == 0
+    assert (run / "faults" / "exited-1@8").is_file()
     lines = metrics(run)
-    assert [m["step"] for m in lines] == list(range(1, 16))
-    assert [m["start_step"] for m in lines] == [0] * 5 + [5] * 7 + [12] * 3
+    assert [m["step"] for m in lines] == list(range(1, 16))  # steps 6-7 of the failed attempt logged once
+    assert [m["start_step"] for m in lines] == [0] * 5 + [5] * 10
     want, got = losses(zero1), losses(run)
     for step in range(1, 16):
         assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), step
     assert uni3d.read_checkpoint_config(run / "final")["meta"]["step"] == 15
+    # The same command again: the run is finished (and the fault spent: its marker is in the run), nothing runs.
+    assert pretrain(small_build, tmp_path, "resumed", *RUN, "max_failures=1") == 0
+    assert metrics(run) == lines
 
 
 def test_a_model_sized_for_another_teacher_is_refused(small_build: Path, tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_a_job_and_the_suites_ray_fixture_both_work_beside_a_stale_address_file(
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # as a user's shell: Ray reads the file
     build = [sys.executable, str(ROOT / "jobs" / "build_dataset.py"), "--source", "procedural"]
-    build += ["--out", str(tmp_path / "x"), "--set", "source.num_shapes=32"]
+    build += ["--out", str(tmp_path / "x"), "--set", "source.num_shapes=8"]
     job = subprocess.run(build, env=env, capture_output=True, text=True, timeout=240)
     assert job.returncode == 0, job.stderr[-3000:]
     notices = [line for line in job.stderr.splitlines() if line.startswith("[ray] ignoring")]

@@ -1,9 +1,9 @@
-"""Ray Tune sweeps of pretraining end to end, on the suite's shared build, with the sweep's storage in a real S3
-API (moto's server on 127.0.0.1): a sweep whose driver is killed once its first trial has finished (an injected
-fault, ``pipelines.faults``) is restored from the bucket and runs nothing twice; ASHA stops the trailing trial
-against the rungs recorded before the kill; a failing trial is reported with its error while the others go on;
-every trial starts from a checkpoint in the bucket; the report, TensorBoard per trial, MLflow; a trial bigger than
-the cluster is refused before any starts."""
+"""Ray Tune sweeps of pretraining end to end, on the suite's shared build, with the sweep's storage in a real S3 API
+(moto's server on 127.0.0.1): a sweep whose driver is killed as soon as its first trial has finished (an injected
+fault, ``pipelines.faults``) is restored from the bucket and trains nothing twice; ASHA stops the trailing trial
+against the rungs recorded before the kill; a failing trial is reported with its error while the others go on; every
+trial starts from a checkpoint in the bucket; the report, TensorBoard per trial, MLflow; a trial bigger than the
+cluster is refused before any starts."""
 
 from __future__ import annotations
 
@@ -65,7 +65,6 @@ def test_a_killed_sweep_is_restored_from_the_bucket_asha_stops_the_trailing_tria
     scratch = {"UNI3D_CACHE": str(tmp_path / "scratch")}  # MLflow's SQLite file, on the driver's scratch
     cmd = [sys.executable, str(ROOT / "jobs" / "sweep.py"), *args]
     env = job_env(ray_address, UNI3D_FAULTS="sweep_kill_after_trials=1", **scratch)  # joins the suite's Ray
-    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # Tune saves its state every second (else every 10 s or more)
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, start_new_session=True)
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
     (done,) = [r for r in records(SWEEP) if r["status"] == "TERMINATED"]  # the report, written while trials run
