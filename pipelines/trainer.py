@@ -217,11 +217,8 @@ def run_pretrain(
     run_dir.mkdir()
     say = print if verbose else (lambda *a, **k: None)
     say(f"[pretrain] init: {init_text}")
-    if manifest.schema_version < 2:
-        print(  # a warning whatever the verbosity: this build trains with another text draw than the recipe's
-            f"[pretrain] warning: {cfg.data} is a schema version {manifest.schema_version} build without text "
-            "groups: each text counts as its own group (docs/dataset.md); rebuild for the recipe's draw"
-        )
+    if (warning := text_groups_warning(cfg.data, manifest.schema_version)) is not None:
+        print(warning)  # whatever the verbosity: this build trains with another text draw than the recipe's
 
     if prepared is None or prepared.key != data_key(cfg):
         prepared = prepare_data(cfg, manifest)
@@ -317,3 +314,13 @@ def _finish(cfg: TrainConfig, run_dir: Location, plan: RunPlan, result: ray.trai
             uni3d.export_official(uni3d.load_checkpoint(folder), out / "model.pt")
     done = str(final) if final is not None else None
     return PretrainResult(str(run_dir), step, plan.total_steps, dict(result.metrics or {}), done, result.error)
+
+
+def text_groups_warning(data: str, schema_version: int) -> str | None:
+    """The one line a pretraining run prints for a build older than text groups (schema version 2); else None."""
+    if schema_version >= 2:
+        return None
+    return (
+        f"[pretrain] warning: {data} is a schema version {schema_version} build without text groups: each text "
+        "counts as its own group (docs/dataset.md); rebuild for the recipe's draw"
+    )

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_the_demo_learns_at_a_small_size(tmp_path: Path) -> None:
     from jobs.demo import main
 
-    # 48 steps (the demo's default: 792); measured here: 37% held-out top-1 of the trained categories
+    # 48 steps (the demo's default: 672); measured here: 37% held-out top-1 of the trained categories
     summary = main(["--out", str(tmp_path), "--shapes", "280", "--points", "512", "--epochs", "8"])
     assert summary["classes"] == 14 and summary["chance_top1"] == pytest.approx(100 / 14)
     assert summary["unseen_categories"] == ["cup", "sofa"]

@@ -50,7 +50,7 @@ def test_a_shape_without_image_is_neither_positive_nor_negative() -> None:
     assert -a + lse(a, 0) < -a + lse(a, 0, 0) < -a + lse(a, 1, 0)
 
 
-def test_image_terms_equal_those_of_the_batch_without_the_image_less_shapes() -> None:
+def test_image_terms_drop_the_image_less_rows_and_keep_their_points_as_candidates() -> None:
     torch.manual_seed(0)
     p, t, i = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
     has = torch.tensor([True, False, True, True, False])

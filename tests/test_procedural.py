@@ -137,3 +137,12 @@ def test_exported_glb_flows_through_the_project_loader_and_sampler(tmp_path: Pat
         colours_a = {tuple(c) for c in np.round(a.points[:, 3:] * 255).astype(int)}
         colours_b = {tuple(c) for c in np.round(b.points[:, 3:] * 255).astype(int)}
         assert colours_a == colours_b
+
+
+def test_no_category_is_named_in_another_categorys_texts() -> None:
+    # The demo holds out whole categories; their names must never reach training through other shapes' texts.
+    for category in CATEGORIES:
+        others = set(CATEGORIES) - {category}
+        for seed in range(20):
+            words = {w for text in make_shape(category, seed).texts for w in re.findall(r"[a-z]+", text)}
+            assert not words & others, (category, seed, words & others)

@@ -110,11 +110,15 @@ def test_ray_start_head_then_both_jobs_through_ray_job_submit() -> None:
     # `ray start` turns token authentication on when it finds one
     made = _ray("get-auth-token", "--generate", env=env, timeout=120)
     assert made.returncode == 0 and (base / "home" / ".ray" / "auth_token").is_file(), made.stderr[-2000:]
-    port, dash = _free_port(), _free_port()
+    # every port its own: another Ray on this machine (the suite's, a user's) holds the defaults, such as the
+    # dashboard agent's 52365, and a head whose agent cannot bind answers "No available agent" for ever
+    port, dash, agent, client_port, metrics = (_free_port() for _ in range(5))
     log = open(base / "head.log", "w")  # noqa: SIM115 (closed with the head)
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus=2",
          "--disable-usage-stats", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client_port}",
+         f"--metrics-export-port={metrics}",
          f"--temp-dir={base / 'ray'}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip

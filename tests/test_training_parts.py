@@ -18,7 +18,7 @@ from pipelines.schema import make_row, rows_to_table
 from pipelines.splits import drop_holdout, holdout_mask, keep_holdout, sample_order, train_filter_kwargs
 from pipelines.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig
-from pipelines.trainer import check_resume
+from pipelines.trainer import check_resume, text_groups_warning
 from pipelines.training import NonFiniteGuard, NonFiniteLoss, TrainConfig, make_config, train_step
 from uni3d.loss import Uni3DLoss
 from uni3d.optim import OptimConfig
@@ -232,3 +232,10 @@ def test_unseen_categories_are_classified_over_all_names_and_seen_ones_over_the_
 def _encode_names(texts: list[str]) -> np.ndarray:
     rng = np.random.default_rng(abs(hash(tuple(texts))) % 2**32)
     return rng.normal(size=(len(texts), E)).astype(np.float32)
+
+
+def test_a_version_1_build_gets_one_warning_line_naming_it() -> None:
+    line = text_groups_warning("/data/old-build", 1)
+    assert line is not None and "\n" not in line
+    assert "/data/old-build" in line and "schema version 1" in line and "docs/dataset.md" in line
+    assert text_groups_warning("/data/new-build", 2) is None

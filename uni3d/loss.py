@@ -11,8 +11,9 @@ with the rows of shapes that have no rendered image set to the ignore index.
 A shape without an image has no image column either: its (absent) image is masked out of every row's
 point->image softmax over the global batch, so it is neither a positive nor a negative for anyone. The
 official code puts a placeholder vector there, a negative that every other shape is scored against;
-a zero vector would be a column of logit 0 in every row. Masking makes a batch with k image-less
-shapes give exactly the loss of the same batch without them in the image terms.
+a zero vector would be a column of logit 0 in every row. Masking makes the point->image term of a batch
+with k image-less shapes exactly that of the same batch without them. In the image->point term those
+shapes have no row (no image to start from), but their points stay candidates, as every shape's points do.
 
 FIX over the official code: the official all_gather returns detached copies, so with several ranks the
 T->P and I->P directions train nothing. Here the gathered list always holds the *local* tensor at
