@@ -10,7 +10,10 @@ never set in normal use:
   in between).
 - ``sweep_kill_after_trials=N``: the sweep's driver kills itself as soon as N trials have finished.
 - ``train_exit=R@S``: Ray Train rank R exits (``os._exit``) when it is about to take step S, once per
-  run (the marker ``<run>/faults/exited-R@S`` says it happened; the restarted worker group goes on).
+  run (the marker ``<run>/faults/exited-R@S`` says it happened; the restarted worker group goes on). It exits
+  once the run's ``metrics.jsonl`` has the line of the last logged step before S, so every report made
+  before the exit has reached the driver (Ray Train collects reports asynchronously: one still queued on a
+  worker when it dies is lost).
 - ``train_hold=R@S``: rank R (``*``: every rank) writes ``<run>/faults/held-R@S`` (its node's id) when it is
   about to take step S, once per run, and waits there until its process is ended (a test removes its node).
 
@@ -20,6 +23,7 @@ joins; the markers live in the run's storage (a local folder or a URI).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -92,9 +96,12 @@ def train_fault() -> dict[str, tuple[int, int]]:
     return out
 
 
-def before_step(spec: dict[str, tuple[int, int]], rank: int, step: int, run_dir: Any, node_id: str) -> None:
+def before_step(
+    spec: dict[str, tuple[int, int]], rank: int, step: int, run_dir: Any, node_id: str, logged: int = 0
+) -> None:
     """A Train worker's hook, called before it takes ``step`` (1-based). ``run_dir`` is the run's Location; the
-    marker ``<run>/faults/{exited|held}-<rank>@<step>`` holds the worker's node id."""
+    marker ``<run>/faults/{exited|held}-<rank>@<step>`` holds the worker's node id. ``logged``: the last step
+    before ``step`` that has a metrics line (0: none)."""
     for kind, (at_rank, at_step) in spec.items():
         if at_rank not in (-1, rank) or step != at_step:
             continue
@@ -104,8 +111,19 @@ def before_step(spec: dict[str, tuple[int, int]], rank: int, step: int, run_dir:
         marker.parent.mkdir()
         marker.write_text(node_id)
         if kind == "exit":
+            _wait_for_metrics_line(run_dir / "metrics.jsonl", logged)
             print(f"[fault] rank {rank} exits before step {step} (train_exit)", file=sys.stderr, flush=True)
             os._exit(1)
         print(f"[fault] rank {rank} holds before step {step} (train_hold) on node {node_id}", flush=True)
         while True:
             time.sleep(1)
+
+
+def _wait_for_metrics_line(metrics: Any, step: int, timeout_s: float = 120.0) -> None:
+    """Wait until the run's metrics log (a Location) has the line of ``step`` (nothing to wait for at 0)."""
+    deadline = time.monotonic() + timeout_s
+    while step and time.monotonic() < deadline:
+        text = metrics.read_text() if metrics.exists() else ""
+        if any(json.loads(line).get("step") == step for line in text.splitlines(keepends=True) if line.endswith("\n")):
+            return
+        time.sleep(0.1)

@@ -284,7 +284,8 @@ def train_loop(config: dict[str, Any]) -> None:
             break
         if fault:  # tests only: this rank exits or holds before a chosen step, once per run
             node = ray.get_runtime_context().get_node_id()
-            faults.before_step(fault, rank, step + 1, Location.of(cfg.storage) / cfg.name, node)
+            logged = (step // cfg.log_every) * cfg.log_every  # the last step whose report has a metrics line
+            faults.before_step(fault, rank, step + 1, Location.of(cfg.storage) / cfg.name, node, logged)
         waited += time.perf_counter() - fetch
         out, finite = train_step(engine, loss_fn, batch, batch_cfg, opt_cfg, cfg, rank, step, device)
         guard.update(finite, step + 1)

@@ -21,6 +21,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["RAY_ADDRESS"] = "local"  # job subprocesses inherit it: never join a cluster the suite did not start
+# Ray Train's controller polls its workers every 2 s and starts a preemption watcher actor (spot instances) for
+# every run; the suite's runs last seconds, on a 2-core machine with no preemption
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ROOT = Path(__file__).resolve().parents[1]

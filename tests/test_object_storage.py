@@ -5,6 +5,8 @@ restored from there: test_sweep.py.)"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -35,12 +37,16 @@ def bucket(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
     s3.bucket("uni3d")
     cwd = os.getcwd()
     work = tmp_path_factory.mktemp("cwd")
+    scratch = tmp_path_factory.mktemp("scratch")  # the driver's node-local scratch (download cache, MLflow)
     os.chdir(work)
     try:
-        yield s3
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("UNI3D_CACHE", str(scratch))
+            yield s3
     finally:
         os.chdir(cwd)
     assert list(work.iterdir()) == [], sorted(p.name for p in work.iterdir())
+    assert list(scratch.iterdir()) == [], sorted(p.name for p in scratch.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +63,13 @@ def run(build: str) -> str:
     from jobs.pretrain import main
 
     args = ["--data", build, "--storage", "s3://uni3d/runs", "--name", "r", *TRAIN]
-    assert main([*args, "--set", "until_step=4"]) == 0  # stops at step 4 with a checkpoint there
-    assert main(args) == 0  # resumes from step 4
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the driver's progress lines (printed by its Progress thread)
+        assert main([*args, "--set", "until_step=4"]) == 0  # stops at step 4 with a checkpoint there
+        assert main(args) == 0  # resumes from step 4
+    lines = out.getvalue().splitlines()
+    steps = [line.split()[2] for line in lines if line.startswith("[pretrain] step ")]
+    assert steps == [f"{i}/10" for i in range(1, 11)], out.getvalue()[-3000:]  # metrics reached the driver
     return "s3://uni3d/runs/r"
 
 

@@ -163,7 +163,7 @@ def test_ray_start_head_then_both_jobs_through_ray_job_submit() -> None:
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the head's processes end; `ray start --block` itself may not
         try:
-            head.wait(5)
+            head.wait(1)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(30)
