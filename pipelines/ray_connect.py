@@ -86,8 +86,24 @@ def resolve_address(address: str | None) -> str | None:
     return "local"
 
 
+# Ray Data (2.60) reads Parquet footers with a pool of actors, 32 unless this variable says otherwise: a new
+# process each, for every read. Sized for a cluster; on one machine a few cores' worth of them is plenty.
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
+def size_for_this_machine(num_cpus: int | None = None) -> None:
+    """Before a local Ray starts (its workers inherit this process's environment): Ray Data's Parquet footer
+    actors to one per 4 cores (at least 1, at most Ray's 32), unless ``$RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``
+    is set."""
+    cpus = num_cpus or os.cpu_count() or 1
+    os.environ.setdefault(FOOTER_ACTORS_ENV, str(max(1, min(32, cpus // 4))))
+
+
 def connect(address: str | None = None, *, worker_logs: bool = True) -> None:
     """``ray.init`` once per process; a no-op when Ray is already initialised (tests, notebooks)."""
     if ray.is_initialized():
         return
-    ray.init(address=resolve_address(address), log_to_driver=worker_logs)
+    address = resolve_address(address)
+    if address in (None, "local"):
+        size_for_this_machine()
+    ray.init(address=address, log_to_driver=worker_logs)

@@ -38,7 +38,10 @@ def start_local_ray() -> None:
     """Start the suite's local Ray in this process, whatever ``$RAY_ADDRESS`` or an address file say."""
     import ray
 
+    from pipelines.ray_connect import size_for_this_machine
+
     if not ray.is_initialized():
+        size_for_this_machine(RAY_INIT["num_cpus"])
         ray.init(address="local", **RAY_INIT)
 
 

@@ -121,3 +121,15 @@ def test_the_session_ray_runs_tasks() -> None:
 
     assert ray.is_initialized() and ray.get(ray.remote(lambda: 42).remote()) == 42
     assert os.environ["RAY_ADDRESS"] == "local"  # job subprocesses inherit it
+
+
+def test_ray_datas_parquet_footer_actors_are_sized_for_a_local_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray Data starts 32 footer-reading actors (a process each) for every Parquet read unless told otherwise
+    env = ray_connect.FOOTER_ACTORS_ENV
+    for cpus, want in ((2, "1"), (8, "2"), (64, "16"), (512, "32")):
+        monkeypatch.delenv(env, raising=False)
+        ray_connect.size_for_this_machine(cpus)
+        assert os.environ[env] == want, cpus
+    monkeypatch.setenv(env, "5")  # the user's own setting stays
+    ray_connect.size_for_this_machine(2)
+    assert os.environ[env] == "5"
