@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines.build import run_build  # noqa: E402
 from pipelines.config import BuildConfig  # noqa: E402
-from pipelines.ray_connect import connect  # noqa: E402
-from pipelines.settings import ConfigError, add_config_arguments, cli_layers, resolve, to_yaml, usage_error  # noqa: E402
+from pipelines.ray_connect import add_log_level, connect  # noqa: E402
+from pipelines.settings import ConfigError, add_config_arguments, cli_layers, job_main, resolve, to_yaml, usage_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[BuildConfig, argparse.Namespace]:
@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> tuple[BuildConfig, argparse.Namespace]
     )
     add_config_arguments(ap, BuildConfig, "override any BuildConfig field (below), e.g. source.num_shapes=1200")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
+    add_log_level(ap)
     args = ap.parse_args(argv)
     flags = {
         "output": args.out,
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None) -> tuple[BuildConfig, argparse.Namespace]
     return resolve(BuildConfig, cli_layers(args, flags), required), args
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_args(argv)
@@ -64,8 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    connect(args.address)
+    connect(args.address, log_level=args.log_level)
     report = run_build(cfg)
+    failed = sum(report.failures.values())
+    if report.shapes and failed > cfg.max_failure_rate * report.shapes:
+        by_stage = ", ".join(f"{stage} {n}" for stage, n in sorted(report.failures.items()))
+        print(
+            f"error: {failed} of the {report.shapes} shapes this run tried failed "
+            f"({100 * failed / report.shapes:.1f}%, more than max_failure_rate={cfg.max_failure_rate:g}): {by_stage}; "
+            f"the reasons are in {cfg.output}/failures/",
+            file=sys.stderr,
+        )
+        return 1
     return 0 if report.manifest.num_shapes else 1
 
 

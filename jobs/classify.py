@@ -21,9 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import uni3d  # noqa: E402
 from pipelines.evaluation import EvalConfig, resolve_teacher  # noqa: E402
 from pipelines.query import mesh_points, parse_labels, what_is_this  # noqa: E402
+from pipelines.ray_connect import add_log_level, setup_logging  # noqa: E402
+from pipelines.settings import MissingInput, job_main  # noqa: E402
 from pipelines.storage import Location, local_copy  # noqa: E402
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="our checkpoint folder or an official model.pt")
@@ -36,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-points", type=int, default=10_000)
     ap.add_argument("--up-axis", default="y", choices=["y", "z"])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_log_level(ap)
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
     labels = parse_labels(args.labels, args.labels_file, args.classes)
     if not Location.of(args.checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+        raise MissingInput(f"checkpoint {args.checkpoint} does not exist")
     with local_copy(args.checkpoint) as checkpoint:  # a URI is copied here for the load
         model = uni3d.load_checkpoint(checkpoint)
         teacher_name = resolve_teacher(EvalConfig(checkpoint=str(checkpoint), teacher=args.teacher))

@@ -33,7 +33,8 @@ from pipelines.build import run_build  # noqa: E402
 from pipelines.config import BuildConfig, SourceConfig, apply_overrides  # noqa: E402
 from pipelines.evaluation import SEEN_PART, UNSEEN_PART, EvalConfig, run_evaluation  # noqa: E402
 from pipelines.plots import per_class_bars, training_curves  # noqa: E402
-from pipelines.ray_connect import connect  # noqa: E402
+from pipelines.ray_connect import add_log_level, connect  # noqa: E402
+from pipelines.settings import job_main  # noqa: E402
 from pipelines.trainer import run_pretrain  # noqa: E402
 from pipelines.training import make_config  # noqa: E402
 
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS, else a local Ray")
+    add_log_level(ap)
     return ap.parse_args(argv)
 
 
@@ -61,9 +63,12 @@ def quiet_ray_data() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@job_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    connect(args.address, worker_logs=False)  # the demo prints its own progress; errors still raise here
+    connect(
+        args.address, worker_logs=False, log_level=args.log_level
+    )  # the demo prints its own progress; errors still raise here
     quiet_ray_data()
     times: dict[str, float] = {}
     build_dir, results = os.path.join(args.out, "build"), os.path.join(args.out, "results")

@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines.config import apply_overrides  # noqa: E402
 from pipelines.gallery import EmbedConfig, run_embed  # noqa: E402
-from pipelines.ray_connect import connect  # noqa: E402
-from pipelines.settings import ConfigError, usage_error  # noqa: E402
+from pipelines.ray_connect import add_log_level, connect  # noqa: E402
+from pipelines.settings import ConfigError, MissingInput, job_main, usage_error  # noqa: E402
+from pipelines.storage import Location  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[EmbedConfig, argparse.Namespace]:
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> tuple[EmbedConfig, argparse.Namespace]
     ap.add_argument("--out", default="data/gallery", help="the gallery folder (local path or s3://…)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
+    add_log_level(ap)
     args = ap.parse_args(argv)
     cfg = EmbedConfig(checkpoint=args.checkpoint, output=args.out)
     if args.root:
@@ -42,13 +44,19 @@ def parse_args(argv: list[str] | None) -> tuple[EmbedConfig, argparse.Namespace]
     return apply_overrides(cfg, args.overrides), args
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_args(argv)
     except ConfigError as exc:
         return usage_error(exc)
-    connect(args.address)
-    run_embed(cfg)
+    if not Location.of(cfg.checkpoint).exists():
+        raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist")
+    connect(args.address, log_level=args.log_level)
+    summary = run_embed(cfg)
+    if not summary["shapes"]:
+        print(f"error: {cfg.output} holds no embedded shape ({summary['failures']} failures)", file=sys.stderr)
+        return 1
     return 0
 
 

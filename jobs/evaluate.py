@@ -22,9 +22,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
-from pipelines.evaluation import EvalConfig, run_evaluation  # noqa: E402
-from pipelines.ray_connect import connect  # noqa: E402
-from pipelines.settings import ConfigError, add_config_arguments, cli_layers, resolve, to_yaml, usage_error  # noqa: E402
+from pipelines.evaluation import EvalConfig, report_location, run_evaluation  # noqa: E402
+from pipelines.ray_connect import add_log_level, connect  # noqa: E402
+from pipelines.settings import ConfigError, add_config_arguments, cli_layers, job_main, resolve, to_yaml, usage_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[EvalConfig, argparse.Namespace]:
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None) -> tuple[EvalConfig, argparse.Namespace]:
     ap.add_argument("--out", help="results folder (default: <checkpoint>/eval)")
     add_config_arguments(ap, EvalConfig, "override any EvalConfig field (below), e.g. num_workers=4")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
+    add_log_level(ap)
     args = ap.parse_args(argv)
     flags = {
         "checkpoint": args.checkpoint,
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None) -> tuple[EvalConfig, argparse.Namespace]:
     return resolve(EvalConfig, cli_layers(args, flags), required), args
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_args(argv)
@@ -63,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    connect(args.address)
-    run_evaluation(cfg)
+    report_location(cfg)  # a missing checkpoint, or a read-only folder without --out, is refused before Ray starts
+    connect(args.address, log_level=args.log_level)
+    results = run_evaluation(cfg)
+    if not any(r.num_samples for r in results):
+        print(f"error: no shape of {', '.join(cfg.sets)} was evaluated", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -34,9 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 
-from pipelines.ray_connect import connect  # noqa: E402
+from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.recipes import recipe_names  # noqa: E402
-from pipelines.settings import ConfigError, add_config_arguments, to_yaml, usage_error  # noqa: E402
+from pipelines.settings import ConfigError, add_config_arguments, job_main, to_yaml, usage_error  # noqa: E402
 from pipelines.trainer import run_pretrain  # noqa: E402
 from pipelines.training import TrainConfig, resolve_train_config  # noqa: E402
 
@@ -50,11 +50,13 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]
     ap.add_argument("--name", help="run name; re-running the same name resumes it (default: uni3d)")
     add_config_arguments(ap, TrainConfig, "override any TrainConfig field (below), e.g. epochs=8 or init=run:DIR")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
+    add_log_level(ap)
     args = ap.parse_args(argv)
     flags = {"data": args.data, "recipe": args.recipe, "model": args.model, "storage": args.storage, "name": args.name}
     return resolve_train_config(args, flags), args
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_args(argv)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    connect(args.address)
+    connect(args.address, log_level=args.log_level)
     try:
         result = run_pretrain(cfg)
     except ray.train.TrainingFailedError as exc:

@@ -24,17 +24,20 @@ import numpy as np  # noqa: E402
 import uni3d  # noqa: E402
 from pipelines.gallery import read_gallery  # noqa: E402
 from pipelines.query import check_dims, contact_sheet, embed_points, gallery_points, mesh_points, recall_report  # noqa: E402
+from pipelines.ray_connect import add_log_level, setup_logging  # noqa: E402
+from pipelines.settings import ConfigError, job_main  # noqa: E402
 from pipelines.storage import local_copy  # noqa: E402
 from uni3d.retrieval import search  # noqa: E402
 
 
 def _teacher(name: str | None, image: bool) -> tuple[object, str]:
     if not name:
-        raise ValueError("the gallery does not record its teacher: pass --teacher")
+        raise ConfigError("the gallery does not record its teacher: pass --teacher")
     extra = {"text_only": True} if name.startswith("openclip:") and not image else {}
     return uni3d.build_teacher(uni3d.parse_teacher(name, **extra)), name
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gallery", required=True, help="a folder written by jobs/embed.py")
@@ -48,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k", type=int, default=5)
     ap.add_argument("--num-points", type=int, default=10_000)
     ap.add_argument("--sheet", default="", help="write a contact sheet PNG of the query and its results")
+    add_log_level(ap)
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
     gallery = read_gallery(args.gallery, with_points=bool(args.sheet))
     if args.recall:
         teacher = (
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mesh:
         checkpoint = args.checkpoint or gallery.checkpoint
         if not checkpoint:
-            raise ValueError("the gallery does not record its checkpoint: pass --checkpoint")
+            raise ConfigError("the gallery does not record its checkpoint: pass --checkpoint")
         points = mesh_points([args.mesh], args.num_points)
         with local_copy(checkpoint) as folder:  # a URI is copied here for the load
             model = uni3d.load_checkpoint(folder)

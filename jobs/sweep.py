@@ -24,12 +24,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
-from pipelines.ray_connect import connect  # noqa: E402
+from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import (  # noqa: E402
     ConfigError,
     Layer,
     add_config_arguments,
     file_layer,
+    job_main,
     resolve,
     set_layers,
     to_yaml,
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None) -> tuple[SweepConfig, list[Layer], argpar
     ap.add_argument("--num-samples", type=int, help="grid: repeats of the grid; random/optuna: trials")
     add_config_arguments(ap, SweepConfig, "a sweep field (below), or any TrainConfig field for every trial")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS (ray job submit), else a local Ray")
+    add_log_level(ap)
     args = ap.parse_args(argv)
     if args.config and args.space:
         raise ConfigError("give the sweep file once: --space FILE (--config is the same thing)")
@@ -74,6 +76,7 @@ def parse_args(argv: list[str] | None) -> tuple[SweepConfig, list[Layer], argpar
     return cfg, train_sets, args
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, sets, args = parse_args(argv)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         plan_sweep(cfg, sets)  # every check that needs no cluster, before Ray starts
     except ConfigError as exc:
         return usage_error(exc)
-    connect(args.address)
+    connect(args.address, log_level=args.log_level)
     from pipelines.sweep import run_sweep
 
     try:

@@ -25,8 +25,8 @@ import ray  # noqa: E402
 
 from pipelines.build import run_build  # noqa: E402
 from pipelines.config import BuildConfig, SourceConfig  # noqa: E402
-from pipelines.ray_connect import connect  # noqa: E402
-from pipelines.settings import CONFIG_ROOT, ConfigError, file_layer, resolve, set_layers, usage_error  # noqa: E402
+from pipelines.ray_connect import add_log_level, connect  # noqa: E402
+from pipelines.settings import CONFIG_ROOT, ConfigError, file_layer, job_main, resolve, set_layers, usage_error  # noqa: E402
 from pipelines.sweep_space import SweepConfig  # noqa: E402
 
 SCALES = ["nano-s", "nano", "nano-l"]
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--init-shapes", type=int, default=600, help="procedural shapes in the init build")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS, else a local Ray")
+    add_log_level(ap)
     return ap.parse_args(argv)
 
 
@@ -48,6 +49,7 @@ def build(out: str, shapes: int, seed: int) -> None:
     run_build(cfg, log=lambda line: print(line) if "shapes in" in line or "to build" in line else None)
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         main_sweep = resolve(SweepConfig, [file_layer(CONFIG_ROOT / "sweeps" / "demo.yaml")])
     except ConfigError as exc:
         return usage_error(exc)
-    connect(args.address, worker_logs=False)  # the demo prints its own progress; errors still raise here
+    connect(
+        args.address, worker_logs=False, log_level=args.log_level
+    )  # the demo prints its own progress; errors still raise here
     ray.data.DataContext.get_current().enable_progress_bars = False
     from pipelines.sweep import run_sweep
 

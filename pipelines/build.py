@@ -34,6 +34,7 @@ from pipelines.build_io import BuildStore
 from pipelines.build_plan import BlockPlan, bytes_per_shape, plan_blocks
 from pipelines.config import BuildConfig, parse_shard
 from pipelines.schema import FAILURES_SCHEMA, SCHEMA_VERSION, Manifest, failure_is_transient
+from pipelines.settings import ConfigError
 from pipelines.shapes import ShapeRef
 from pipelines.sources import list_shapes, objaverse_config
 from pipelines.stages import LISTING_SCHEMA, Embedder, ShapeWorker, write_shards
@@ -98,7 +99,7 @@ def select(refs: Iterable[ShapeRef], done: set[str], shard: str, limit: int | No
     taken = 0
     for ref in refs:
         if ref.uid in seen:
-            raise ValueError(f"source lists uid {ref.uid!r} twice; uids must be unique within a build")
+            raise ConfigError(f"source lists uid {ref.uid!r} twice; uids must be unique within a build")
         seen.add(ref.uid)
         if ref.uid in done or not in_shard(ref.uid, index, count):
             continue
@@ -123,13 +124,13 @@ def check_same_build(store: BuildStore, cfg: BuildConfig) -> None:
     previous = json.loads(store.fs.open_input_stream(store.path("_work", "build.json")).read().decode())
     version = previous.get("schema_version", 1)
     if version != SCHEMA_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{cfg.output} holds a schema version {version} build; this code writes version {SCHEMA_VERSION} "
             "(text groups, docs/dataset.md). Its shards still train and evaluate; build into another output path."
         )
     for key in ("teacher", "num_points"):
         if previous.get(key) != getattr(cfg, key):
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.output} was built with {key}={previous.get(key)!r}; this run asks for "
                 f"{getattr(cfg, key)!r}. Use another output path, or the same {key}."
             )
@@ -140,7 +141,7 @@ def check_resources(cfg: BuildConfig) -> None:
     available = ray.cluster_resources().get("CPU", 0.0)
     needed = cfg.resources.actor_cpus() + 1.0
     if cfg.resources.check_fits and needed > available + 1e-9:
-        raise ValueError(
+        raise ConfigError(
             f"the build's actors ask for {cfg.resources.actor_cpus():g} CPUs (resources.shape_workers x "
             f"shape_worker_cpus + embed_workers x embed_worker_cpus) and Ray Data's listing and writer tasks "
             f"need 1 more, but the cluster has {available:g}: lower resources.* (or set resources.check_fits=false "

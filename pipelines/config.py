@@ -88,6 +88,9 @@ class BuildConfig:
     # Build again the recorded failures that may pass (a fetch that ran out of retries, the teacher, the shard
     # writer; docs/dataset.md "Failures"); broken meshes and refused input data stay failures.
     retry_failures: bool = False
+    # The job exits 1 when more than this share of the shapes it tried failed (a few percent of Objaverse's
+    # files are broken; many more means something else is wrong: the network, the teacher, the storage)
+    max_failure_rate: float = 0.1
     seed: int = 0  # point sampling seed (per shape: seed + a hash of its uid)
     progress_every_s: float = 10.0
     source: SourceConfig = field(default_factory=SourceConfig)

@@ -141,7 +141,7 @@ class Downloader:
                 last = err
                 if attempt < attempts:
                     delay = self.backoff_delay(attempt, err.retry_after)
-                    log.info("GET %s: attempt %d failed (%s); retrying in %.1f s", url, attempt, err, delay)
+                    log.warning("GET %s: attempt %d failed (%s); retrying in %.1f s", url, attempt, err, delay)
                     self._sleep(delay)
         raise DownloadError(f"GET {url}: failed after {attempts} attempts; last cause: {last}", url, attempts)
 

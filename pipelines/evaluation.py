@@ -26,6 +26,7 @@ import torch
 import uni3d
 from pipelines.eval_sets import EvalSet, EvalSetError, load_lvis_points, read_benchmark
 from pipelines.schema import decode_points_batch, read_manifest
+from pipelines.settings import ConfigError, MissingInput
 from pipelines.splits import keep_holdout
 from pipelines.storage import Location, local_copy, local_output
 from uni3d.fewshot import confusion_matrix, few_shot
@@ -96,7 +97,7 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
         unseen = kwargs["categories"]
         ds = ds.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=kwargs)
     elif cfg.split != "all":
-        raise ValueError(f"split must be heldout or all, got {cfg.split!r}")
+        raise ConfigError(f"split must be heldout or all, got {cfg.split!r}")
     labelled = pa.concat_tables([t for t in ray.get(ds.select_columns(["uid", "category"]).to_arrow_refs())])
     labelled = labelled.filter(pc.is_valid(labelled.column("category")))
     class_names = build_names
@@ -127,7 +128,7 @@ def holdout_params(cfg: EvalConfig) -> dict[str, Any]:
     seed = cfg.holdout_seed if cfg.holdout_seed >= 0 else int(train.get("seed", 4096))
     categories = list(train.get("holdout_categories") or [])  # never trained on: part of the held-out split
     if fraction <= 0 and not categories:
-        raise ValueError(f"{cfg.checkpoint} was trained without a held-out split; evaluate with --set split=all")
+        raise ConfigError(f"{cfg.checkpoint} was trained without a held-out split; evaluate with --set split=all")
     return {"fraction": fraction, "seed": seed, "categories": categories}
 
 
@@ -281,7 +282,7 @@ def plot_confusion(path: Path, confusion: np.ndarray, class_names: list[str], ti
 def class_embeddings(teacher: Any, es: EvalSet, model_dim: int, teacher_name: str) -> torch.Tensor:
     classifier = uni3d.build_zero_shot_classifier(teacher, es.prompts)
     if classifier.shape[1] != model_dim:
-        raise ValueError(
+        raise ConfigError(
             f"teacher {teacher_name!r} embeds class names in {classifier.shape[1]} dimensions but the checkpoint's "
             f"embeddings have {model_dim}: evaluate with the teacher the model was trained against"
         )
@@ -296,7 +297,7 @@ def resolve_teacher(cfg: EvalConfig) -> str:
         teacher = uni3d.read_checkpoint_config(path).get("meta", {}).get("teacher")
         if teacher:
             return str(teacher)
-    raise ValueError(
+    raise ConfigError(
         f"{cfg.checkpoint} does not record its teacher: pass --teacher (official Uni3D files: "
         "openclip:EVA02-E-14-plus@/path/to/open_clip_pytorch_model.bin, only its text tower is loaded)"
     )
@@ -307,10 +308,30 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> list[SetResult]:
     (a local folder or a URI), by default ``<checkpoint>/eval``."""
     where = Location.of(cfg.checkpoint)
     if not where.exists():
-        raise FileNotFoundError(f"checkpoint {cfg.checkpoint} does not exist")
+        raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist")
+    out = report_location(cfg)
     with local_copy(where) as local:  # the driver's reads (config, teacher, split); the actors load their own
-        out = Location.of(cfg.out) if cfg.out else (where if local.is_dir() else where.parent) / "eval"
         return _evaluate_sets(dataclasses.replace(cfg, checkpoint=str(local)), str(where), out, log)
+
+
+def report_location(cfg: EvalConfig) -> Location:
+    """Where the reports go: ``cfg.out``, else ``<checkpoint>/eval`` (next to a checkpoint file) when that folder
+    can be written. Released checkpoints often sit on read-only volumes: then ``--out`` is asked for."""
+    if cfg.out:
+        return Location.of(cfg.out)
+    where = Location.of(cfg.checkpoint)
+    if not where.exists():
+        raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist")
+    folder = where if where.is_dir() else where.parent
+    if folder.local and not _writable(folder.path):
+        raise ConfigError(f"the checkpoint's folder {folder.path} is not writable: give --out DIR for the reports")
+    return folder / "eval"
+
+
+def _writable(path: str) -> bool:
+    """Whether a report folder can be made inside ``path``, or under it when ``path/eval`` exists."""
+    target = os.path.join(path, "eval")
+    return os.access(target if os.path.isdir(target) else path, os.W_OK | os.X_OK)
 
 
 def _evaluate_sets(cfg: EvalConfig, checkpoint: str, out: Location, log: Any) -> list[SetResult]:

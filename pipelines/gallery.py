@@ -34,6 +34,7 @@ from pipelines.build_io import SHARDS, BuildStore
 from pipelines.build_plan import bytes_per_shape, plan_blocks
 from pipelines.config import SourceConfig
 from pipelines.schema import FAILURES_SCHEMA, decode_points_batch
+from pipelines.settings import ConfigError, MissingInput
 from pipelines.sources import list_shapes
 from pipelines.stages import LISTING_SCHEMA, ShapeWorker, worker_identity
 from pipelines.storage import Location, local_copy
@@ -207,7 +208,7 @@ def run_embed(cfg: EmbedConfig, log: Any = print) -> dict[str, Any]:
         with store.fs.open_input_stream(info_path) as f:
             previous = json.loads(f.read())
         if previous.get("checkpoint") != info["checkpoint"]:
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.output} holds embeddings of {previous.get('checkpoint')}; this run uses {info['checkpoint']}: "
                 "embed into another --out"
             )
@@ -255,7 +256,7 @@ def read_gallery(path: str, with_points: bool = True) -> Gallery:
     store = BuildStore(path)
     files = store.shard_files()
     if not files:
-        raise FileNotFoundError(f"{path}: no gallery shards under {store.path(SHARDS)} (run jobs/embed.py first)")
+        raise MissingInput(f"{path}: no gallery shards under {store.path(SHARDS)} (run jobs/embed.py first)")
     columns = None if with_points else ["uid", "source", "locator", "category", "texts", "embedding"]
     table = pa.concat_tables(pq.read_table(f, columns=columns, filesystem=store.fs) for f in files)
     emb = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(), np.float32).reshape(

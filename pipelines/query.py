@@ -21,6 +21,7 @@ from pipelines.eval_sets import MODELNET40_LABELS, SCANOBJECTNN_CLASSES
 from pipelines.mesh_io import load_mesh
 from pipelines.sampling import sample_points
 from pipelines.schema import decode_points_batch
+from pipelines.settings import ConfigError, MissingInput
 from uni3d.retrieval import recall_at_k, search
 
 # Benchmark class lists as the official Uni3D evaluation prompts them (its data/labels.json; see pipelines.eval_sets).
@@ -48,20 +49,20 @@ def parse_labels(labels: str = "", labels_file: str = "", classes: str = "") -> 
         out += [x.strip() for x in labels.split(",") if x.strip()]
     if labels_file:
         if not Path(labels_file).is_file():
-            raise FileNotFoundError(f"labels file {labels_file} does not exist")
+            raise MissingInput(f"labels file {labels_file} does not exist")
         out += [x.strip() for x in Path(labels_file).read_text().splitlines() if x.strip()]
     if classes:
         if classes not in CLASS_LISTS:
-            raise ValueError(f"unknown class list {classes!r}; lists: {sorted(CLASS_LISTS)} (or pass --labels-file)")
+            raise ConfigError(f"unknown class list {classes!r}; lists: {sorted(CLASS_LISTS)} (or pass --labels-file)")
         out += CLASS_LISTS[classes]
     if not out:
-        raise ValueError("the label list is empty: pass --labels a,b,c, --labels-file or --classes modelnet40")
+        raise ConfigError("the label list is empty: pass --labels a,b,c, --labels-file or --classes modelnet40")
     return list(dict.fromkeys(out))
 
 
 def check_dims(teacher: Any, model_dim: int, teacher_name: str) -> None:
     if teacher.embed_dim != model_dim:
-        raise ValueError(
+        raise ConfigError(
             f"teacher {teacher_name!r} has {teacher.embed_dim}-d embeddings but the model's are {model_dim}-d: "
             "use the teacher the model was trained against"
         )
@@ -94,7 +95,7 @@ def recall_report(embeddings: np.ndarray, categories: list[str | None], teacher:
     rows = [i for i, c in enumerate(categories) if c]
     labels = [categories[i] for i in rows]
     if len(set(labels)) < 2:
-        raise ValueError(f"recall needs a gallery with at least two categories, found {sorted(set(labels))}")
+        raise ConfigError(f"recall needs a gallery with at least two categories, found {sorted(set(labels))}")
     emb = embeddings[rows]
     _, idx = search(emb, emb, 10, exclude=list(range(len(rows))))
     report: dict[str, Any] = {"labelled_shapes": len(rows), "3d_to_3d": recall_at_k(labels, labels, idx)}

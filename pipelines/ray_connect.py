@@ -15,6 +15,8 @@ job server inherits its token, and a client outside the cluster sets ``RAY_AUTH_
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import socket
 import sys
@@ -99,11 +101,34 @@ def size_for_this_machine(num_cpus: int | None = None) -> None:
     os.environ.setdefault(FOOTER_ACTORS_ENV, str(max(1, min(32, cpus // 4))))
 
 
-def connect(address: str | None = None, *, worker_logs: bool = True) -> None:
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def add_log_level(ap: argparse.ArgumentParser) -> None:
+    """The jobs' ``--log-level`` flag (Python logging, in the driver and in this job's Ray workers)."""
+    ap.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="Python logging level of the job's own loggers, on the driver and its Ray workers (default INFO); "
+        "download retries and skipped files are WARNING",
+    )
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Python logging for a job's driver: ``time LEVEL logger: message`` lines on stderr at ``level``."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("pipelines").setLevel(level)
+    logging.getLogger("uni3d").setLevel(level)
+
+
+def connect(address: str | None = None, *, worker_logs: bool = True, log_level: str = "INFO") -> None:
     """``ray.init`` once per process; a no-op when Ray is already initialised (tests, notebooks)."""
+    setup_logging(log_level)
     if ray.is_initialized():
         return
     address = resolve_address(address)
     if address in (None, "local"):
         size_for_this_machine()
-    ray.init(address=address, log_to_driver=worker_logs)
+    ray.init(address=address, log_to_driver=worker_logs, logging_config=ray.LoggingConfig(log_level=log_level))

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import inspect
 import os
 import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
@@ -32,6 +34,10 @@ CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 class ConfigError(ValueError):
     """A configuration the job cannot run with; the message is one line naming the field and value."""
+
+
+class MissingInput(ConfigError, FileNotFoundError):
+    """A file or folder the job was pointed at does not exist (a ``ConfigError`` and a ``FileNotFoundError``)."""
 
 
 @dataclass(frozen=True)
@@ -257,5 +263,19 @@ def _prune(values: dict[str, Any]) -> dict[str, Any]:
 
 def usage_error(exc: Exception) -> int:
     """argparse's convention: one ``error:`` line on stderr, exit status 2."""
-    print(f"error: {exc}", file=sys.stderr)
+    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
     return 2
+
+
+def job_main(main: Callable[..., Any]) -> Callable[..., Any]:
+    """A job's ``main``: a ``ConfigError`` raised anywhere in it (bad flags, a missing file, a build that does
+    not fit the run) becomes one ``error:`` line on stderr and exit status 2, with no traceback."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> Any:
+        try:
+            return main(argv)
+        except ConfigError as exc:
+            return usage_error(exc)
+
+    return wrapped

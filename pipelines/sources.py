@@ -23,6 +23,7 @@ from pipelines.config import SourceConfig
 from pipelines.mesh_io import load_mesh
 from pipelines.procedural import CATEGORIES, make_shape
 from pipelines.sampling import sample_points
+from pipelines.settings import ConfigError
 from pipelines.shapes import ShapeData, ShapeRef, StageError
 from pipelines.storage import is_uri
 
@@ -43,16 +44,16 @@ def list_shapes(cfg: SourceConfig, output: str) -> Iterator[ShapeRef]:
         from pipelines.openshape import OpenShapeConfig, list_openshape
 
         if not cfg.root:
-            raise ValueError("source.root must name the folder of OpenShape's files for source.kind=openshape")
+            raise ConfigError("source.root must name the folder of OpenShape's files for source.kind=openshape")
         return list_openshape(OpenShapeConfig(root=cfg.root, split=cfg.split, text_filter=cfg.text_filter))
-    raise ValueError(f"unknown source kind {cfg.kind!r}")
+    raise ConfigError(f"unknown source kind {cfg.kind!r}")
 
 
 def list_procedural(cfg: SourceConfig) -> Iterator[ShapeRef]:
     categories = list(cfg.categories or CATEGORIES)
     unknown = sorted(set(categories) - set(CATEGORIES))
     if unknown:
-        raise ValueError(f"source.categories: unknown procedural categories {unknown}; known: {list(CATEGORIES)}")
+        raise ConfigError(f"source.categories: unknown procedural categories {unknown}; known: {list(CATEGORIES)}")
     for i in range(cfg.num_shapes):
         category = categories[i % len(categories)]
         seed = cfg.seed * 1_000_003 + i
@@ -63,7 +64,7 @@ def list_procedural(cfg: SourceConfig) -> Iterator[ShapeRef]:
 
 def list_local(cfg: SourceConfig) -> Iterator[ShapeRef]:
     if not cfg.root or not Path(cfg.root).is_dir():
-        raise ValueError(f"source.root must be an existing folder of meshes for source.kind=local, got {cfg.root!r}")
+        raise ConfigError(f"source.root must be an existing folder of meshes for source.kind=local, got {cfg.root!r}")
     root = Path(cfg.root)
     meta = read_metadata(Path(cfg.metadata)) if cfg.metadata else {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES):
@@ -99,7 +100,7 @@ def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
     (``texts`` separated by ``|``). Every row needs ``path`` or ``uid``.
     """
     if not path.is_file():
-        raise ValueError(f"source.metadata: {path} does not exist")
+        raise ConfigError(f"source.metadata: {path} does not exist")
     text = path.read_text()
     if path.suffix == ".csv":
         rows: list[Any] = list(csv.DictReader(text.splitlines()))
@@ -117,7 +118,7 @@ def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
     for n, row in enumerate(rows):
         key = row.get("path") or row.get("uid") if isinstance(row, dict) else None
         if not key:
-            raise ValueError(f"{path}: row {n} has neither 'path' nor 'uid': {row!r}")
+            raise ConfigError(f"{path}: row {n} has neither 'path' nor 'uid': {row!r}")
         out[str(key)] = row
     return out
 

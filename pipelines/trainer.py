@@ -30,6 +30,7 @@ from pipelines import faults
 from pipelines.heldout import BuildKeys, make_heldout, read_heldout, read_keys
 from pipelines.run_log import Progress, RunLog
 from pipelines.schema import Manifest, read_manifest
+from pipelines.settings import ConfigError
 from pipelines.storage import Location, is_uri, local_copy, local_init, local_output
 from pipelines.train_data import cached_units, file_units, shard_files
 from pipelines.training import RESUME_KEYS, TrainConfig, train_loop
@@ -63,7 +64,7 @@ class PretrainResult:
 
 def _check_build(cfg: TrainConfig, manifest: Manifest) -> None:
     if cfg.embed_dim and cfg.embed_dim != manifest.embed_dim:
-        raise ValueError(
+        raise ConfigError(
             f"{cfg.data} was built with teacher {manifest.teacher!r} (embed_dim {manifest.embed_dim}); a model with "
             f"embed_dim {cfg.embed_dim} cannot be trained on it: build with that model's teacher or drop embed_dim"
         )
@@ -94,7 +95,7 @@ def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep
     keys = read_keys(source, cfg.holdout_fraction, cfg.seed, cfg.holdout_categories, num_cpus=cfg.data_cpus)
     unknown = sorted(set(cfg.holdout_categories) - set(keys.class_names))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"holdout_categories: {unknown} are not categories of {cfg.data}; its categories: "
             f"{', '.join(keys.class_names[:20])}{' …' if len(keys.class_names) > 20 else ''}"
         )
@@ -107,7 +108,7 @@ def plan_run(cfg: TrainConfig, prep: DataPrep) -> RunPlan:
     num_train = prep.num_rows - held
     per_epoch = (num_train // cfg.num_workers) // cfg.batch_size
     if per_epoch < 1:
-        raise ValueError(
+        raise ConfigError(
             f"{cfg.data} has {num_train} training shapes ({held} held out), fewer than one step of "
             f"batch_size {cfg.batch_size} x num_workers {cfg.num_workers}: lower them or build more shapes"
         )
@@ -131,7 +132,7 @@ def check_resume(run_dir: str | os.PathLike | Location, cfg: TrainConfig) -> Non
     diff = {k: (was[k], current[k]) for k in RESUME_KEYS if was[k] != current[k]}
     if diff:
         lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(
+        raise ConfigError(
             f"run {run_dir} exists with other settings ({lines}); it cannot resume with them. "
             "Use another --name, or the saved settings (see its config.json)"
         )

@@ -69,12 +69,22 @@ def test_procedural_build_with_the_text_teacher(small_build: Path) -> None:
     assert ray.data.read_parquet(str(out / "shards")).count() == 192
 
 
-def test_shared_meshes_with_the_image_teacher(tmp_path: Path) -> None:
+def test_shared_meshes_with_the_image_teacher(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "meshes"
     labels = str(SHARED / "meshes" / "labels.json")
     args = ["--source", "local", "--root", str(SHARED / "meshes"), "--out", str(out)]
     args += ["--teacher", "openclip-random:tiny-ViT-32", "--set", f"source.metadata={labels}"]
-    assert build(*args, "--set", "num_views=3", "--set", "image_size=64") == 0
+    args += ["--set", "num_views=3", "--set", "image_size=64"]
+    n_broken = len(list((SHARED / "meshes" / "broken").iterdir()))
+    n_all = n_broken + sum(len(list((SHARED / "meshes" / d).iterdir())) for d in ("real", "odd"))
+    # the broken files are more than the default max_failure_rate (0.1) of the shapes: exit status 1, one line
+    assert build(*args) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: {n_broken} of the {n_all} shapes this run tried failed ({100 * n_broken / n_all:.1f}%, more than "
+        f"max_failure_rate=0.1): load {n_broken}; the reasons are in {out}/failures/"
+    ]
+    assert build(*args) == 0  # run again: nothing left to try, and the build stands
     table = shards(out)
     validate_table(table, where=str(out))
     written = set(table["uid"].to_pylist())
@@ -94,7 +104,7 @@ def test_shared_meshes_with_the_image_teacher(tmp_path: Path) -> None:
     assert read_manifest(out / "manifest.json").failures == {"load": len(broken)}
 
 
-def test_rerun_skips_what_is_written_limit_and_shards(tmp_path: Path) -> None:
+def test_rerun_skips_what_is_written_limit_and_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "resume"
     common = ["--out", str(out), "--set", "source.num_shapes=12"]
     assert build(*common, "--limit", "5") == 0
@@ -106,10 +116,19 @@ def test_rerun_skips_what_is_written_limit_and_shards(tmp_path: Path) -> None:
     assert len(uids) == len(set(uids)) == 12 and 5 < first_half < 12
     assert build(*common) == 0  # nothing left: nothing written twice
     assert shards(out).num_rows == 12
-    with pytest.raises(ValueError, match="was built with teacher='minilm'"):
-        build(*common, "--teacher", "openclip-random:tiny-ViT-32")
-    with pytest.raises(ValueError, match="actors ask for 2.25 CPUs .* the cluster has 2"):
-        build(*common, "--set", "resources.shape_workers=4", "--set", "resources.shape_worker_cpus=0.5")
+    # refused with one error line and exit status 2, nothing written
+    assert build(*common, "--teacher", "openclip-random:tiny-ViT-32") == 2
+    assert "was built with teacher='minilm'" in refused(capsys)
+    assert build(*common, "--set", "resources.shape_workers=4", "--set", "resources.shape_worker_cpus=0.5") == 2
+    assert re.search("actors ask for 2.25 CPUs .* the cluster has 2", refused(capsys))
+    assert shards(out).num_rows == 12
+
+
+def refused(capsys: pytest.CaptureFixture) -> str:
+    """The one ``error:`` line a refused job printed on stderr (argparse's convention, exit status 2)."""
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    return errors[0]
 
 
 def tasks_executed(ray_data_stats: str, operator: str) -> int:

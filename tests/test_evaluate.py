@@ -4,6 +4,7 @@ probe, reports next to the checkpoint, clear errors for missing files and mismat
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -227,20 +228,25 @@ def test_evaluate_official_sets_with_two_actors_is_exact(tmp_path: Path) -> None
 
 
 @pytest.mark.ray
-def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(tmp_path: Path) -> None:
+def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from jobs.evaluate import main
+
+    def refused() -> str:  # one error line on stderr, no traceback (exit status 2)
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, errors
+        return errors[0]
 
     write_official(tmp_path / "eval", per_class=1)
     ckpt = uni3d.save_checkpoint(uni3d.create_model("nano", embed_dim=384), tmp_path / "ckpt")
     argv = ["--checkpoint", str(ckpt), "--root", str(tmp_path / "eval"), "--teacher", "openclip-random:tiny-ViT-32"]
-    with pytest.raises(
-        ValueError, match="embeds class names in 64 dimensions but the checkpoint's embeddings have 384"
-    ):
-        main(argv)
-    with pytest.raises(ValueError, match="does not record its teacher: pass --teacher"):
-        main(["--checkpoint", str(ckpt), "--root", str(tmp_path / "eval")])
-    with pytest.raises(FileNotFoundError, match="checkpoint .*nowhere does not exist"):
-        main(["--checkpoint", str(tmp_path / "nowhere")])
+    assert main(argv) == 2
+    assert "embeds class names in 64 dimensions but the checkpoint's embeddings have 384" in refused()
+    assert main(["--checkpoint", str(ckpt), "--root", str(tmp_path / "eval")]) == 2
+    assert "does not record its teacher: pass --teacher" in refused()
+    assert main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert re.search("checkpoint .*nowhere does not exist", refused())
 
 
 @pytest.mark.ray
@@ -256,3 +262,24 @@ def test_an_official_release_file_evaluates_with_the_teacher_given(tmp_path: Pat
     assert main([*argv, "--teacher", "minilm", "--set", "batch_size=2"]) == 0
     report = json.loads((tmp_path / "uni3d-ti" / "eval" / "modelnet40.json").read_text())
     assert report["num_samples"] == 4 and report["meta"]["teacher"] == "minilm"
+
+
+def test_reports_go_next_to_the_checkpoint_only_when_its_folder_is_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import ray
+
+    from jobs.evaluate import main
+    from pipelines import evaluation
+
+    ckpt = uni3d.save_checkpoint(uni3d.create_model("nano", embed_dim=384), tmp_path / "release")
+    cfg = evaluation.EvalConfig(checkpoint=str(ckpt))
+    assert evaluation.report_location(cfg).path == str(ckpt / "eval")
+    monkeypatch.setattr(evaluation, "_writable", lambda path: False)  # a read-only volume (chmod means nothing to root)
+    started = ray.is_initialized()
+    assert main(["--checkpoint", str(ckpt), "--sets", "modelnet40"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: the checkpoint's folder {ckpt} is not writable: give --out DIR for the reports"]
+    assert ray.is_initialized() == started  # refused before Ray starts
+    cfg = evaluation.EvalConfig(checkpoint=str(ckpt), out=str(tmp_path / "reports"))
+    assert evaluation.report_location(cfg).path == str(tmp_path / "reports")

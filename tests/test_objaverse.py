@@ -190,13 +190,18 @@ def test_description_trim_and_cleaning() -> None:
 
 
 @pytest.mark.parametrize("fault", ["500", "503", "429:0", "hang", "truncate", "short"])
-def test_transient_faults_are_retried(cfg: ObjaverseConfig, server: FaultServer, hub: Path, fault: str) -> None:
+def test_transient_faults_are_retried(
+    cfg: ObjaverseConfig, server: FaultServer, hub: Path, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
     rel = glb_path(uid(2))
     server.faults[rel] = [fault, fault]
     sleep = Recorder()
-    path = make(cfg, sleep).fetch(rel)
+    with caplog.at_level("WARNING", logger="pipelines"):
+        path = make(cfg, sleep).fetch(rel)
     assert path.read_bytes() == (hub / rel).read_bytes()
     assert server.counts[rel] == 3 and len(sleep.delays) == 2
+    retries = [r for r in caplog.records if r.levelname == "WARNING" and "retrying in" in r.getMessage()]
+    assert len(retries) == 2 and rel in retries[0].getMessage()  # a user sees each retry at the default level
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no partial file left behind
 
 

@@ -91,6 +91,42 @@ def test_jobs_say_error_and_exit_2_on_bad_configuration(tmp_path, capsys) -> Non
     assert f"{bad}: not valid YAML" in capsys.readouterr().err
 
 
+def test_every_job_names_a_missing_input_in_one_error_line_and_exits_2(tmp_path, capsys) -> None:
+    import ray
+
+    from jobs.classify import main as classify
+    from jobs.embed import main as embed
+    from jobs.search import main as search
+
+    nowhere = str(tmp_path / "nowhere")
+    mesh = tmp_path / "m.off"
+    mesh.write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
+    cases = [
+        (classify, ["--checkpoint", nowhere, "--mesh", str(mesh), "--labels", "a,b"], f"checkpoint {nowhere} does not"),
+        (classify, ["--checkpoint", nowhere, "--mesh", str(mesh)], "the label list is empty"),
+        (classify, ["--checkpoint", nowhere, "--mesh", str(mesh), "--labels-file", nowhere], "labels file"),
+        (search, ["--gallery", nowhere, "--text", "a chair"], "no gallery shards"),
+        (embed, ["--checkpoint", nowhere, "--root", str(tmp_path), "--out", str(tmp_path / "g")], "does not exist"),
+    ]
+    started = ray.is_initialized()
+    for job, argv, message in cases:
+        assert job(argv) == 2, argv
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+    assert ray.is_initialized() == started  # refused before any Ray starts
+
+
+def test_every_job_takes_a_log_level_and_refuses_an_unknown_one(capsys) -> None:
+    import importlib
+
+    for name in ("build_dataset", "pretrain", "evaluate", "embed", "sweep", "classify", "search", "demo"):
+        job = importlib.import_module(f"jobs.{name}")
+        with pytest.raises(SystemExit) as info:
+            job.main(["--log-level", "loud"])
+        assert info.value.code == 2, name
+        assert "--log-level: invalid choice: 'LOUD'" in capsys.readouterr().err, name
+
+
 def test_help_lists_every_field_with_its_type_default_and_comment(capsys) -> None:
     from jobs.build_dataset import main as build
 
