@@ -88,18 +88,20 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
     ds = ray.data.read_parquet(os.path.join(path, "shards")).select_columns(
         ["uid", "category", "num_points", "xyz", "rgb"]
     )
-    # the classifier covers every category of the build, as the held-out zero-shot during training does:
-    # a category without a held-out shape is still a wrong answer the model may give
-    build_names = sorted(c for c in ds.unique("category") if c is not None)
+    # one pass over the uid/category columns: the classifier covers every category of the build, as the held-out
+    # zero-shot during training does (a category without a held-out shape is still a wrong answer the model may
+    # give), and the split's labelled rows are taken from the same keys
+    keys = pa.concat_tables(ray.get(ds.select_columns(["uid", "category"]).to_arrow_refs()))
+    build_names = sorted(c for c in pc.unique(keys.column("category")).to_pylist() if c is not None)
     unseen: list[str] = []
     if cfg.split == "heldout":
         kwargs = holdout_params(cfg)
         unseen = kwargs["categories"]
         ds = ds.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=kwargs)
+        keys = keep_holdout(keys, **kwargs)
     elif cfg.split != "all":
         raise ConfigError(f"split must be heldout or all, got {cfg.split!r}")
-    labelled = pa.concat_tables([t for t in ray.get(ds.select_columns(["uid", "category"]).to_arrow_refs())])
-    labelled = labelled.filter(pc.is_valid(labelled.column("category")))
+    labelled = keys.filter(pc.is_valid(keys.column("category")))
     class_names = build_names
     if labelled.num_rows == 0 or len(class_names) < 2:
         raise EvalSetError(

@@ -97,11 +97,6 @@ class BuildKeys:
     held: pa.Table  # uid, category of every held-out row (by hash or by category), labelled or not
 
 
-def category_counts(batch: pa.Table) -> pa.Table:
-    """Rows per category (missing ones under null) of a batch: a Ray Data ``map_batches`` function."""
-    return batch.select(["category"]).group_by("category").aggregate([([], "count_all")])
-
-
 def keep_uids(batch: pa.Table, uids: list[str]) -> pa.Table:
     """The rows of ``batch`` whose uid is in ``uids``."""
     return batch.filter(pc.is_in(batch.column("uid"), value_set=pa.array(uids, pa.string())))
@@ -117,20 +112,12 @@ def _gather(ds: Any, empty: pa.Schema) -> pa.Table:
 def read_keys(
     ds: Any, fraction: float, seed: int, categories: Collection[str] = (), num_cpus: float = 1.0
 ) -> BuildKeys:
-    """Count a Ray Dataset of build shards per category and gather its held-out ``uid``/``category`` rows."""
-    keys = ds.select_columns(["uid", "category"])
-    counted = _gather(
-        keys.map_batches(category_counts, batch_format="pyarrow", num_cpus=num_cpus),
-        pa.schema([("category", pa.string()), ("count_all", pa.int64())]),
-    )
-    total = counted.group_by("category").aggregate([("count_all", "sum")])
-    names = sorted(c for c in total.column("category").to_pylist() if c is not None)
-    kwargs = {"fraction": fraction, "seed": seed, "categories": list(categories)}
-    held = _gather(
-        keys.map_batches(keep_holdout, batch_format="pyarrow", fn_kwargs=kwargs, num_cpus=num_cpus),
-        pa.schema([("uid", pa.string()), ("category", pa.string())]),
-    )
-    return BuildKeys(int(pc.sum(total.column("count_all_sum")).as_py() or 0), names, held)
+    """Count a Ray Dataset of build shards per category and gather its held-out ``uid``/``category`` rows, in one
+    pass over those two columns (the driver holds them: tens of bytes a shape)."""
+    keys = _gather(ds.select_columns(["uid", "category"]), pa.schema([("uid", pa.string()), ("category", pa.string())]))
+    names = sorted(c for c in pc.unique(keys.column("category")).to_pylist() if c is not None)
+    held = keep_holdout(keys, fraction=fraction, seed=seed, categories=list(categories))
+    return BuildKeys(keys.num_rows, names, held)
 
 
 def sample_parts(held: pa.Table, categories: Collection[str], seed: int, max_shapes: int) -> dict[str, list[str]]:

@@ -21,9 +21,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["RAY_ADDRESS"] = "local"  # job subprocesses inherit it: never join a cluster the suite did not start
-# Ray Train's controller polls its workers every 2 s and starts a preemption watcher actor (spot instances) for
-# every run; the suite's runs last seconds, on a 2-core machine with no preemption
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Ray Train starts a preemption watcher actor (for spot instances) with every run: not on this machine
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -46,8 +44,9 @@ def start_local_ray() -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # multi-node tests last: each shuts the session's Ray down to start a cluster of its own
-    items.sort(key=lambda item: "cluster" in item.keywords)
+    # multi-node tests last: each shuts the session's Ray down to start a cluster of its own. The stale-address
+    # test first: the session's Ray then starts beside its stale file instead of being started twice.
+    items.sort(key=lambda item: ("cluster" in item.keywords, "stale_address_file" not in item.fixturenames))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA")

@@ -137,7 +137,7 @@ def test_ray_start_head_then_both_jobs_through_ray_job_submit() -> None:
             ["jobs/build_dataset.py", "--out", str(build), *[a for s in sets for a in ("--set", s)]],
             ["jobs/pretrain.py", "--data", str(build), "--storage", str(runs), "--name", "submitted", "--model",
              "nano", "--set", "batch_size=16", "--set", "epochs=1", "--set", "num_workers=1",
-             "--set", "holdout_fraction=0.1", "--set", "eval_every=0", "--set", "strategy=ddp"],
+             "--set", "holdout_fraction=0", "--set", "eval_every=0", "--set", "strategy=ddp"],
         ]  # fmt: skip
         for job in jobs:
             done = _submit(job, client)
@@ -154,7 +154,7 @@ def test_ray_start_head_then_both_jobs_through_ray_job_submit() -> None:
             "--out",
             str(base / "direct"),
             "--set",
-            "source.num_shapes=8",
+            "source.num_shapes=4",
         ]
         joined = subprocess.run(direct, env=here, capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert joined.returncode == 0, joined.stderr[-4000:]
