@@ -41,6 +41,7 @@ import pyarrow as pa
 from pipelines.mesh import NO_COLOR
 from pipelines.openshape import read_openshape_file, read_pickled_npy
 from pipelines.sampling import normalize_unit_sphere
+from pipelines.settings import ConfigError
 
 BENCHMARKS = ("modelnet40", "scanobjectnn", "objaverse_lvis")
 SCANOBJECTNN_CLASSES = [
@@ -58,7 +59,7 @@ MODELNET40_LABELS = [
 MODELNET40_CLASSES = [label.replace(" ", "_") for label in MODELNET40_LABELS]
 
 
-class EvalSetError(ValueError):
+class EvalSetError(ConfigError):
     pass
 
 

@@ -234,6 +234,8 @@ def test_objaverse_source_over_a_faulty_server(tmp_path: Path, monkeypatch: pyte
             f"source.base_url={server.url}",
             "--set",
             "source.download_timeout_s=5",
+            "--set",
+            "max_failure_rate=1",  # one of the four shapes is missing: more than the default share, on purpose
         ]
         assert build(*args) == 0
         assert server.counts[paths[0]] == 3 and server.counts[paths[1]] == 2
