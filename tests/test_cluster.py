@@ -127,13 +127,13 @@ def test_the_build_spreads_over_three_nodes_and_a_node_lost_mid_build_loses_and_
 def test_pretraining_spreads_over_nodes_and_a_node_lost_mid_run_resumes_from_the_last_checkpoint(
     cluster, small_build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers of 1.5 CPUs cannot share a 2-CPU node. Both hold before step 7 (checkpoints every 5 steps);
+    """Two workers of 1.5 CPUs cannot share a 2-CPU node. Both hold before step 5 (checkpoints every 3 steps);
     a node that runs one of them, not the head, is removed: Ray Train restarts the worker group on the nodes
-    left, from the step-5 checkpoint, and the run ends with every step logged once."""
+    left, from the step-3 checkpoint, and the run ends with every step logged once."""
     from jobs.pretrain import main
 
     run = tmp_path / "runs" / "lost"
-    held = [run / "faults" / f"held-{rank}@7" for rank in (0, 1)]
+    held = [run / "faults" / f"held-{rank}@5" for rank in (0, 1)]
     removed: list[str] = []
 
     def remove_a_workers_node() -> None:
@@ -143,18 +143,18 @@ def test_pretraining_spreads_over_nodes_and_a_node_lost_mid_run_resumes_from_the
         cluster.remove_node(victim, allow_graceful=False)
         removed.append(victim.node_id)
 
-    monkeypatch.setenv("UNI3D_FAULTS", "train_hold=*@7")
+    monkeypatch.setenv("UNI3D_FAULTS", "train_hold=*@5")
     thread, errors = in_background(remove_a_workers_node)
     args = ["--data", str(small_build), "--storage", str(tmp_path / "runs"), "--name", "lost", "--model", "nano"]
-    train = ["batch_size=16", "warmup_steps=5", "holdout_fraction=0.1", "strategy=ddp", "epochs=3"]
-    train += ["log_every=1", "checkpoint_every=5", "eval_every=0", "max_failures=1", "worker_cpus=1.5"]
+    train = ["batch_size=16", "warmup_steps=5", "holdout_fraction=0.1", "strategy=ddp", "epochs=2"]  # 10 steps
+    train += ["log_every=1", "checkpoint_every=3", "eval_every=0", "max_failures=1", "worker_cpus=1.5"]
     train += ["data_cpus=0.1", "cache_data=false"]  # workers read the shards: nothing lives on the lost node
     assert main(args + [a for s in train for a in ("--set", s)]) == 0
     thread.join(timeout=60)
     assert not errors and removed, errors
     assert len({p.read_text() for p in held}) == 2  # the two workers ran on two nodes
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == list(range(1, 16))  # the steps after the checkpoint logged once
-    assert [m["start_step"] for m in lines] == [0] * 5 + [5] * 10  # restarted from the step-5 checkpoint
-    assert uni3d.read_checkpoint_config(run / "final")["meta"]["step"] == 15
+    assert [m["step"] for m in lines] == list(range(1, 11))  # the steps after the checkpoint logged once
+    assert [m["start_step"] for m in lines] == [0] * 3 + [3] * 7  # restarted from the step-3 checkpoint
+    assert uni3d.read_checkpoint_config(run / "final")["meta"]["step"] == 10
     assert removed[0] not in alive_nodes() and len(alive_nodes()) == 2

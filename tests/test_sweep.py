@@ -22,8 +22,8 @@ import uni3d
 from pipelines.storage import Location
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-# the shared build, 10% held out: 167 training shapes / 1 worker / batch 16 = 10 steps in the one epoch
-TRIAL = ["model=nano", "num_workers=1", "worker_cpus=0.8", "data_cpus=0.1", "batch_size=16", "epochs=1"]
+# the shared build, 10% held out: 167 training shapes / 1 worker / batch 24 = 6 steps in the one epoch
+TRIAL = ["model=nano", "num_workers=1", "worker_cpus=0.8", "data_cpus=0.1", "batch_size=24", "epochs=1"]
 TRIAL += ["holdout_fraction=0.1", "warmup_steps=2", "eval_every=4", "log_every=2", "checkpoint_every=4"]
 TRIAL += ["strategy=ddp", "max_nonfinite=1", "max_failures=0"]
 SWEEP = "s3://uni3d-sweeps/sweeps/s"
@@ -81,8 +81,8 @@ def test_a_killed_sweep_is_restored_from_the_bucket_asha_stops_the_trailing_tria
 
     rows = {r["param.lr"]: r for r in records(SWEEP)}
     assert sorted(rows) == ["1e-12", "1e30", "3e-3"]
-    assert rows["3e-3"]["status"] == "TERMINATED" and rows["3e-3"]["steps"] == rows["3e-3"]["total_steps"] == "10"
-    assert rows["1e-12"]["status"] == "STOPPED" and int(rows["1e-12"]["steps"]) < 10, rows["1e-12"]  # ASHA, rung 1
+    assert rows["3e-3"]["status"] == "TERMINATED" and rows["3e-3"]["steps"] == rows["3e-3"]["total_steps"] == "6"
+    assert rows["1e-12"]["status"] == "STOPPED" and int(rows["1e-12"]["steps"]) < 6, rows["1e-12"]  # ASHA, rung 1
     assert rows["1e30"]["status"] == "ERROR" and "not finite" in rows["1e30"]["error"], rows["1e30"]
     for lr, row in rows.items():
         run = Location.of(SWEEP) / row["run_dir"]
