@@ -308,10 +308,8 @@ def resolve_teacher(cfg: EvalConfig) -> str:
 def run_evaluation(cfg: EvalConfig, log: Any = print) -> list[SetResult]:
     """Evaluate ``cfg.checkpoint`` (a local path or a URI) on each of ``cfg.sets``; reports go to ``cfg.out``
     (a local folder or a URI), by default ``<checkpoint>/eval``."""
+    out = report_location(cfg)  # refuses a missing checkpoint
     where = Location.of(cfg.checkpoint)
-    if not where.exists():
-        raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist")
-    out = report_location(cfg)
     with local_copy(where) as local:  # the driver's reads (config, teacher, split); the actors load their own
         return _evaluate_sets(dataclasses.replace(cfg, checkpoint=str(local)), str(where), out, log)
 
@@ -319,11 +317,11 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> list[SetResult]:
 def report_location(cfg: EvalConfig) -> Location:
     """Where the reports go: ``cfg.out``, else ``<checkpoint>/eval`` (next to a checkpoint file) when that folder
     can be written. Released checkpoints often sit on read-only volumes: then ``--out`` is asked for."""
-    if cfg.out:
-        return Location.of(cfg.out)
     where = Location.of(cfg.checkpoint)
     if not where.exists():
         raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist")
+    if cfg.out:
+        return Location.of(cfg.out)
     folder = where if where.is_dir() else where.parent
     if folder.local and not _writable(folder.path):
         raise ConfigError(f"the checkpoint's folder {folder.path} is not writable: give --out DIR for the reports")

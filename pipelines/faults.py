@@ -127,3 +127,5 @@ def _wait_for_metrics_line(metrics: Any, step: int, timeout_s: float = 120.0) ->
         if any(json.loads(line).get("step") == step for line in text.splitlines(keepends=True) if line.endswith("\n")):
             return
         time.sleep(0.1)
+    if step:
+        print(f"[fault] no metrics line for step {step} after {timeout_s:.0f} s: exiting anyway", file=sys.stderr)

@@ -109,9 +109,7 @@ def _gather(ds: Any, empty: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if tables else empty.empty_table()
 
 
-def read_keys(
-    ds: Any, fraction: float, seed: int, categories: Collection[str] = (), num_cpus: float = 1.0
-) -> BuildKeys:
+def read_keys(ds: Any, fraction: float, seed: int, categories: Collection[str] = ()) -> BuildKeys:
     """Count a Ray Dataset of build shards per category and gather its held-out ``uid``/``category`` rows, in one
     pass over those two columns (the driver holds them: tens of bytes a shape)."""
     keys = _gather(ds.select_columns(["uid", "category"]), pa.schema([("uid", pa.string()), ("category", pa.string())]))
@@ -146,7 +144,7 @@ def read_heldout(
 
     Up to ``max_shapes`` per measurement, in the sample's seeded order; ``keys`` is ``read_keys``' answer
     when the caller has it already."""
-    keys = keys or read_keys(ds, fraction, seed, categories, num_cpus)
+    keys = keys or read_keys(ds, fraction, seed, categories)
     wanted = [uid for uids in sample_parts(keys.held, categories, seed, max_shapes).values() for uid in uids]
     if not wanted:
         return pa.table({name: pa.array([], pa.string()) for name in ("uid", "category")})

@@ -92,7 +92,7 @@ def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep
     """Count the build and its held-out rows, check the held-out categories, and sample the held-out sets."""
     manifest = manifest or read_manifest(os.path.join(cfg.data, "manifest.json"))
     source = ray.data.read_parquet(os.path.join(cfg.data, "shards"), num_cpus=cfg.data_cpus)
-    keys = read_keys(source, cfg.holdout_fraction, cfg.seed, cfg.holdout_categories, num_cpus=cfg.data_cpus)
+    keys = read_keys(source, cfg.holdout_fraction, cfg.seed, cfg.holdout_categories)
     unknown = sorted(set(cfg.holdout_categories) - set(keys.class_names))
     if unknown:
         raise ConfigError(

@@ -146,3 +146,10 @@ def random_cloud(batch: int, num_points: int, seed: int = 0) -> torch.Tensor:
     xyz = xyz / xyz.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
     rgb = torch.rand(batch, num_points, 3, generator=g)
     return torch.cat([xyz, rgb], dim=-1)
+
+
+def error_line(capsys: pytest.CaptureFixture) -> str:
+    """The one ``error:`` line a refused job printed on stderr (argparse's convention, exit status 2)."""
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    return errors[0]

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import trimesh
-from conftest import SHARED, SMALL_BUILD, job_env
+from conftest import SHARED, SMALL_BUILD, error_line, job_env
 from http_fixtures import FaultServer
 
 from pipelines.build_io import BuildStore
@@ -118,17 +118,10 @@ def test_rerun_skips_what_is_written_limit_and_shards(tmp_path: Path, capsys: py
     assert shards(out).num_rows == 12
     # refused with one error line and exit status 2, nothing written
     assert build(*common, "--teacher", "openclip-random:tiny-ViT-32") == 2
-    assert "was built with teacher='minilm'" in refused(capsys)
+    assert "was built with teacher='minilm'" in error_line(capsys)
     assert build(*common, "--set", "resources.shape_workers=4", "--set", "resources.shape_worker_cpus=0.5") == 2
-    assert re.search("actors ask for 2.25 CPUs .* the cluster has 2", refused(capsys))
+    assert re.search("actors ask for 2.25 CPUs .* the cluster has 2", error_line(capsys))
     assert shards(out).num_rows == 12
-
-
-def refused(capsys: pytest.CaptureFixture) -> str:
-    """The one ``error:`` line a refused job printed on stderr (argparse's convention, exit status 2)."""
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, errors
-    return errors[0]
 
 
 def tasks_executed(ray_data_stats: str, operator: str) -> int:

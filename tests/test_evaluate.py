@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import error_line
 
 import uni3d
 from pipelines.eval_sets import (
@@ -233,20 +234,15 @@ def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(
 ) -> None:
     from jobs.evaluate import main
 
-    def refused() -> str:  # one error line on stderr, no traceback (exit status 2)
-        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1, errors
-        return errors[0]
-
     write_official(tmp_path / "eval", per_class=1)
     ckpt = uni3d.save_checkpoint(uni3d.create_model("nano", embed_dim=384), tmp_path / "ckpt")
     argv = ["--checkpoint", str(ckpt), "--root", str(tmp_path / "eval"), "--teacher", "openclip-random:tiny-ViT-32"]
     assert main(argv) == 2
-    assert "embeds class names in 64 dimensions but the checkpoint's embeddings have 384" in refused()
+    assert "embeds class names in 64 dimensions but the checkpoint's embeddings have 384" in error_line(capsys)
     assert main(["--checkpoint", str(ckpt), "--root", str(tmp_path / "eval")]) == 2
-    assert "does not record its teacher: pass --teacher" in refused()
+    assert "does not record its teacher: pass --teacher" in error_line(capsys)
     assert main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
-    assert re.search("checkpoint .*nowhere does not exist", refused())
+    assert re.search("checkpoint .*nowhere does not exist", error_line(capsys))
 
 
 @pytest.mark.ray

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import error_line
 
 import uni3d
 
@@ -92,19 +93,12 @@ def test_a_failed_worker_resumes_from_the_last_checkpoint_and_retakes_its_steps_
     assert metrics(run) == lines
 
 
-def refused(capsys: pytest.CaptureFixture) -> str:
-    """The one ``error:`` line a refused job printed on stderr (exit status 2, no traceback)."""
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, errors
-    return errors[0]
-
-
 def test_a_model_sized_for_another_teacher_is_refused(small_build: Path, tmp_path: Path, capsys) -> None:
     assert pretrain(small_build, tmp_path, "mismatch", "embed_dim=1024") == 2
-    assert "built with teacher 'minilm:all-MiniLM-L6-v2' (embed_dim 384)" in refused(capsys)
+    assert "built with teacher 'minilm:all-MiniLM-L6-v2' (embed_dim 384)" in error_line(capsys)
     assert not (tmp_path / "mismatch").exists()
 
 
 def test_a_run_that_cannot_take_one_step_is_refused(small_build: Path, tmp_path: Path, capsys) -> None:
     assert pretrain(small_build, tmp_path, "tiny", "batch_size=512") == 2
-    assert "fewer than one step of batch_size 512 x num_workers 2" in refused(capsys)
+    assert "fewer than one step of batch_size 512 x num_workers 2" in error_line(capsys)
