@@ -27,7 +27,7 @@ import uni3d
 from pipelines.eval_sets import EvalSet, EvalSetError, load_lvis_points, read_benchmark
 from pipelines.schema import decode_points_batch, read_manifest
 from pipelines.settings import ConfigError, MissingInput
-from pipelines.splits import keep_holdout
+from pipelines.splits import keep_holdout, label_rows
 from pipelines.storage import Location, local_copy, local_output
 from uni3d.fewshot import confusion_matrix, few_shot
 from uni3d.zeroshot import per_class_accuracy, topk_accuracy, zero_shot_logits
@@ -110,14 +110,9 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
         )
     index = {c: i for i, c in enumerate(class_names)}
 
-    def label(batch: pa.Table) -> pa.Table:
-        batch = batch.filter(pc.is_valid(batch.column("category")))
-        labels = pa.array([index[c] for c in batch.column("category").to_pylist()], pa.int64())
-        return batch.append_column("label", labels)
-
-    items = labelled.append_column("label", pa.array([index[c] for c in labelled.column("category").to_pylist()]))
+    items = label_rows(labelled, index)
     es = EvalSet(Location.of(path).name, class_names, items, unseen=[c for c in unseen if c in class_names])
-    return es, ds.map_batches(label, batch_format="pyarrow")
+    return es, ds.map_batches(label_rows, batch_format="pyarrow", fn_kwargs={"index": index})
 
 
 def holdout_params(cfg: EvalConfig) -> dict[str, Any]:

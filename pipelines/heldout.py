@@ -29,14 +29,11 @@ import pyarrow.compute as pc
 import torch
 
 from pipelines.schema import decode_points_batch
-from pipelines.splits import category_mask, keep_holdout, sample_order
+from pipelines.splits import METRIC_PREFIX, SEEN, UNSEEN, category_mask, keep_holdout, keep_uids, sample_order
 from uni3d.zeroshot import build_zero_shot_classifier, topk_correct, zero_shot_logits
 
 COLUMNS = ["uid", "category", "num_points", "xyz", "rgb"]
 KS = (1, 3, 5)
-SEEN = "held-out shapes of trained categories"
-UNSEEN = "unseen categories"
-METRIC_PREFIX = {SEEN: "zeroshot", UNSEEN: "unseen"}  # metrics.jsonl keys: zeroshot_top1, unseen_top1, ...
 
 
 @dataclass
@@ -95,11 +92,6 @@ class BuildKeys:
     num_rows: int
     class_names: list[str]  # every category of the build, sorted
     held: pa.Table  # uid, category of every held-out row (by hash or by category), labelled or not
-
-
-def keep_uids(batch: pa.Table, uids: list[str]) -> pa.Table:
-    """The rows of ``batch`` whose uid is in ``uids``."""
-    return batch.filter(pc.is_in(batch.column("uid"), value_set=pa.array(uids, pa.string())))
 
 
 def _gather(ds: Any, empty: pa.Schema) -> pa.Table:

@@ -29,7 +29,7 @@ from typing import Any
 import ray
 from ray.train import UserCallback
 
-from pipelines.heldout import METRIC_PREFIX
+from pipelines.splits import METRIC_PREFIX
 from pipelines.storage import Location
 
 EVAL_PREFIXES = tuple(METRIC_PREFIX.values())  # zeroshot_top1, unseen_top1, ...: TensorBoard's eval/ group

@@ -21,6 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# the two held-out measurements (``pipelines.heldout``), named here so that light modules (``pipelines.run_log``,
+# loaded by Ray Train's controller) need not import torch for them
+SEEN = "held-out shapes of trained categories"
+UNSEEN = "unseen categories"
+METRIC_PREFIX = {SEEN: "zeroshot", UNSEEN: "unseen"}  # metrics.jsonl keys: zeroshot_top1, unseen_top1, ...
+
 _SCALE = float(2**64)
 
 
@@ -82,6 +88,19 @@ def drop_holdout(batch: pa.Table, fraction: float, seed: int = 0, categories: Co
 def keep_holdout(batch: pa.Table, fraction: float, seed: int = 0, categories: Collection[str] = ()) -> pa.Table:
     """The held-out rows of ``batch``: by uid hash, or of one of ``categories``."""
     return batch.filter(pa.array(batch_holdout_mask(batch, fraction, seed, categories)))
+
+
+def keep_uids(batch: pa.Table, uids: list[str]) -> pa.Table:
+    """The rows of ``batch`` whose uid is in ``uids`` (a ``map_batches`` function: here, in a module that Ray's
+    workers import in a fraction of a second, rather than beside the torch code that uses its rows)."""
+    return batch.filter(pc.is_in(batch.column("uid"), value_set=pa.array(uids, pa.string())))
+
+
+def label_rows(batch: pa.Table, index: dict[str, int]) -> pa.Table:
+    """The labelled rows of ``batch`` with a ``label`` column: ``index[category]`` (a ``map_batches`` function)."""
+    batch = batch.filter(pc.is_valid(batch.column("category")))
+    labels = pa.array([index[c] for c in batch.column("category").to_pylist()], pa.int64())
+    return batch.append_column("label", labels)
 
 
 def train_filter_kwargs(cfg: HoldoutSettings) -> dict[str, Any]:

@@ -148,18 +148,13 @@ def test_ray_start_head_then_both_jobs_through_ray_job_submit() -> None:
         # `ray start` recorded in <ray temp dir>/ray_current_cluster (Ray's convention), since it answers.
         assert (base / "ray" / "ray_current_cluster").read_text().strip().endswith(f":{port}")
         here = {k: v for k, v in client.items() if k != "RAY_ADDRESS"}
-        direct = [
-            sys.executable,
-            "jobs/build_dataset.py",
-            "--out",
-            str(base / "direct"),
-            "--set",
-            "source.num_shapes=4",
-        ]
+        # The submitted build's command again, by hand: it joins the head, finds every shape written, builds nothing.
+        direct = [sys.executable, *jobs[0]]
         joined = subprocess.run(direct, env=here, capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert joined.returncode == 0, joined.stderr[-4000:]
         assert "Connecting to existing Ray cluster" in joined.stderr and f":{port}" in joined.stderr
         assert "[ray] ignoring" not in joined.stderr
+        assert "0 shapes to build" in joined.stdout, joined.stdout[-3000:]
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the head's processes end; `ray start --block` itself may not
         try:
