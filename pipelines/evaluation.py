@@ -108,11 +108,9 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
             f"{path}: the {cfg.split} split has {labelled.num_rows} labelled shapes in "
             f"{len(class_names)} categories; zero-shot needs at least two"
         )
-    index = {c: i for i, c in enumerate(class_names)}
-
-    items = label_rows(labelled, index)
+    items = label_rows(labelled, class_names)
     es = EvalSet(Location.of(path).name, class_names, items, unseen=[c for c in unseen if c in class_names])
-    return es, ds.map_batches(label_rows, batch_format="pyarrow", fn_kwargs={"index": index})
+    return es, ds.map_batches(label_rows, batch_format="pyarrow", fn_kwargs={"class_names": class_names})
 
 
 def holdout_params(cfg: EvalConfig) -> dict[str, Any]:

@@ -96,11 +96,15 @@ def keep_uids(batch: pa.Table, uids: list[str]) -> pa.Table:
     return batch.filter(pc.is_in(batch.column("uid"), value_set=pa.array(uids, pa.string())))
 
 
-def label_rows(batch: pa.Table, index: dict[str, int]) -> pa.Table:
-    """The labelled rows of ``batch`` with a ``label`` column: ``index[category]`` (a ``map_batches`` function)."""
+def label_rows(batch: pa.Table, class_names: list[str]) -> pa.Table:
+    """The labelled rows of ``batch`` with a ``label`` column: the index of their category in ``class_names`` (a
+    ``map_batches`` function)."""
     batch = batch.filter(pc.is_valid(batch.column("category")))
-    labels = pa.array([index[c] for c in batch.column("category").to_pylist()], pa.int64())
-    return batch.append_column("label", labels)
+    labels = pc.index_in(batch.column("category"), value_set=pa.array(class_names, pa.string()))
+    if labels.null_count:
+        unknown = pc.filter(batch.column("category"), pc.is_null(labels))[0].as_py()
+        raise KeyError(f"category {unknown!r} is not one of the {len(class_names)} class names")
+    return batch.append_column("label", pc.cast(labels, pa.int64()))
 
 
 def train_filter_kwargs(cfg: HoldoutSettings) -> dict[str, Any]:
