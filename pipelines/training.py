@@ -292,7 +292,7 @@ def train_loop(config: dict[str, Any]) -> None:
         step += 1
         window_steps += 1
         if finite:
-            sums += torch.tensor([float(out["loss"]), float(out["acc_text"]), float(out["acc_image"]), 1.0])
+            sums += torch.tensor([float(out["loss"].detach()), float(out["acc_text"]), float(out["acc_image"]), 1.0])
         do_log = step % cfg.log_every == 0 or step == stop_at
         do_eval = held is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total)
         do_ckpt = step % cfg.checkpoint_every == 0 or step == stop_at

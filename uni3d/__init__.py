@@ -14,32 +14,77 @@ emb = model.encode_pc(pc)                          # (B, N, 6) float32 xyz+rgb -
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uni3d.checkpoint import export_official, load_checkpoint, read_checkpoint_config, save_checkpoint
-from uni3d.cost import ModelCost, model_cost
-from uni3d.encoder import PointEncoder, Uni3D
-from uni3d.init import InitSpec, apply_init, check_init, init_config, load_2d_weights, parse_init
-from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS, EncoderConfig, get_preset
-from uni3d.teachers import (
-    MiniLMTeacher,
-    OpenClipTeacher,
-    RandomOpenClipTeacher,
-    Teacher,
-    TeacherConfig,
-    build_teacher,
-    parse_teacher,
-    shared_teacher,
-)
-from uni3d.zeroshot import (
-    build_zero_shot_classifier,
-    load_templates,
-    per_class_accuracy,
-    topk_accuracy,
-    topk_correct,
-    zero_shot_logits,
-)
+# Public names and the submodule that defines each. They are imported when first used (PEP 562), so that
+# `import uni3d.teachers` in a data worker, or a job's `--help`, does not pay for timm and torchvision.
+_EXPORTS = {
+    "checkpoint": ["export_official", "load_checkpoint", "read_checkpoint_config", "save_checkpoint"],
+    "cost": ["ModelCost", "model_cost"],
+    "encoder": ["PointEncoder", "Uni3D"],
+    "init": ["InitSpec", "apply_init", "check_init", "init_config", "load_2d_weights", "parse_init"],
+    "presets": ["OFFICIAL_PARAM_COUNTS", "PRESETS", "EncoderConfig", "get_preset"],
+    "teachers": [
+        "MiniLMTeacher",
+        "OpenClipTeacher",
+        "RandomOpenClipTeacher",
+        "Teacher",
+        "TeacherConfig",
+        "build_teacher",
+        "parse_teacher",
+        "shared_teacher",
+    ],
+    "zeroshot": [
+        "build_zero_shot_classifier",
+        "load_templates",
+        "per_class_accuracy",
+        "topk_accuracy",
+        "topk_correct",
+        "zero_shot_logits",
+    ],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+if TYPE_CHECKING:
+    from uni3d.checkpoint import export_official, load_checkpoint, read_checkpoint_config, save_checkpoint
+    from uni3d.cost import ModelCost, model_cost
+    from uni3d.encoder import PointEncoder, Uni3D
+    from uni3d.init import InitSpec, apply_init, check_init, init_config, load_2d_weights, parse_init
+    from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS, EncoderConfig, get_preset
+    from uni3d.teachers import (
+        MiniLMTeacher,
+        OpenClipTeacher,
+        RandomOpenClipTeacher,
+        Teacher,
+        TeacherConfig,
+        build_teacher,
+        parse_teacher,
+        shared_teacher,
+    )
+    from uni3d.zeroshot import (
+        build_zero_shot_classifier,
+        load_templates,
+        per_class_accuracy,
+        topk_accuracy,
+        topk_correct,
+        zero_shot_logits,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'uni3d' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"uni3d.{module}"), name)
+    globals()[name] = value  # once: later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])
+
 
 __version__ = "0.1.0"
 
@@ -54,6 +99,10 @@ def create_model(
     ``pretrained_2d`` is a local timm checkpoint file of the config's ViT whose blocks initialise it
     (``init="timm:<file>"``; ``uni3d.init`` has the other initialisations).
     """
+    from uni3d.encoder import Uni3D
+    from uni3d.init import load_2d_weights
+    from uni3d.presets import EncoderConfig, get_preset
+
     cfg = name.replace(**overrides) if isinstance(name, EncoderConfig) else get_preset(name, **overrides)
     model = Uni3D(cfg)
     if pretrained_2d is not None:
