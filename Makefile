@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo sweep tour bench lint format clean
+.PHONY: setup test test-fast demo sweep tour bench bench-gpu lint format clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/encoder.py
 	$(BIN)/python bench/meshes.py
 	$(BIN)/python bench/render.py
+
+# on a GPU machine: encoder step MFU, grouping share, teacher towers, Ray Train vs bare loop -> bench-gpu.md
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

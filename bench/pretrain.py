@@ -46,27 +46,41 @@ def build(out: Path, shapes: int, points: int) -> Path:
     return out
 
 
-def bare_loop(data: Path, model_name: str, batch: int, steps: int, threads: int) -> float:
-    """Samples/s of one process taking ``steps`` steps of ``batch`` shapes."""
+def bare_loop(
+    data: Path,
+    model_name: str,
+    batch: int,
+    steps: int,
+    threads: int,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> float:
+    """Samples/s of one process taking ``steps`` steps of ``batch`` shapes (on ``device``: the CPU by default)."""
     torch.set_num_threads(threads)
     table = pa.concat_tables(pq.read_table(p) for p in sorted((data / "shards").glob("*.parquet")))
     embed_dim = int(table.column("embed_dim")[0].as_py())
-    opt = OptimConfig(lr=1e-3, warmup_steps=10, total_steps=steps + 5)
-    engine = DDPEngine.single_process(uni3d.create_model(model_name, embed_dim=embed_dim), opt)
-    cfg = make_config(str(data), "cpu", {"model": model_name, "batch_size": batch})
+    opt = OptimConfig(lr=1e-3, warmup_steps=min(10, steps), total_steps=steps + 5)
+    device = device or torch.device("cpu")
+    model = uni3d.create_model(model_name, embed_dim=embed_dim).to(device)
+    engine = DDPEngine.single_process(model, opt, device=device, precision=precision)
+    cfg = make_config(str(data), "cpu", {"model": model_name, "batch_size": batch, "precision": precision})
     loss_fn, batch_cfg = Uni3DLoss(), TrainBatchConfig(embed_dim)
     order = np.random.default_rng(0).permutation(table.num_rows)
     per_epoch = table.num_rows // batch
 
     def step(i: int) -> None:
         rows = order[(i % per_epoch) * batch : (i % per_epoch + 1) * batch]
-        train_step(engine, loss_fn, table.take(pa.array(rows)), batch_cfg, opt, cfg, 0, i, torch.device("cpu"))
+        train_step(engine, loss_fn, table.take(pa.array(rows)), batch_cfg, opt, cfg, 0, i, device)
 
     for i in range(3):  # warm-up
         step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(3, 3 + steps):
         step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - start)
 
 

@@ -131,15 +131,21 @@ class DDPEngine(Engine):
 
     @classmethod
     def single_process(
-        cls, model: Uni3D, opt_cfg: Any, grad_clip: float = 5.0, device: torch.device | None = None
+        cls,
+        model: Uni3D,
+        opt_cfg: Any,
+        grad_clip: float = 5.0,
+        device: torch.device | None = None,
+        precision: Precision = "fp32",
     ) -> DDPEngine:
-        """An engine for one process without torch.distributed (benchmarks, tests, notebooks)."""
+        """An engine for one process without torch.distributed (benchmarks, tests, notebooks); the model is
+        expected on ``device`` already; ``precision="bf16"`` runs the forward under autocast, as DDP runs do."""
         from uni3d.optim import build_optimizer
 
         vector_logit_scale_(model)
         optimizer = build_optimizer(model, opt_cfg, depth=model.cfg.depth)
         device = device or torch.device("cpu")
-        return cls(model, optimizer, grad_clip=grad_clip, precision="fp32", device=device, wrap=lambda m: m)
+        return cls(model, optimizer, grad_clip=grad_clip, precision=precision, device=device, wrap=lambda m: m)
 
     def forward(self, pc: Tensor) -> tuple[Tensor, Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

@@ -82,12 +82,13 @@ def _ray(*args: str, env: dict[str, str], timeout: float) -> subprocess.Complete
     )
 
 
-def _submit(job: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """``ray job submit``, again while the head's job agent is still starting ("No available agent to submit job,
-    please try again later" is Ray's own answer for that)."""
+def _submit(job: list[str], env: dict[str, str], name: str) -> subprocess.CompletedProcess:
+    """``ray job submit`` as submission ``name``, again while the head's job agent is still starting ("No available
+    agent to submit job, please try again later" is Ray's own answer for that)."""
     deadline = time.monotonic() + 120
     while True:
-        done = _ray("job", "submit", "--working-dir", ".", "--", "python", *job, env=env, timeout=900)
+        cmd = ["job", "submit", "--submission-id", name, "--working-dir", ".", "--", *job]
+        done = _ray(*cmd, env=env, timeout=900)
         if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
             return done
         time.sleep(2)
@@ -133,23 +134,31 @@ def test_ray_start_head_then_both_jobs_through_ray_job_submit() -> None:
         assert refused.returncode != 0 and "authentication token" in (refused.stdout + refused.stderr).lower()
         build, runs = base / "build", base / "runs"
         sets = ["source.num_shapes=48", "num_points=512", "rows_per_shard=16", "progress_every_s=1000"]
-        jobs = [
-            ["jobs/build_dataset.py", "--out", str(build), *[a for s in sets for a in ("--set", s)]],
-            ["jobs/pretrain.py", "--data", str(build), "--storage", str(runs), "--name", "submitted", "--model",
-             "nano", "--set", "batch_size=16", "--set", "epochs=1", "--set", "num_workers=1",
-             "--set", "holdout_fraction=0", "--set", "eval_every=0", "--set", "strategy=ddp"],
-        ]  # fmt: skip
-        for job in jobs:
-            done = _submit(job, client)
+        # the pretraining's only worker exits before step 2 (an injected fault, pipelines.faults), once
+        jobs = {
+            "build": ["python", "jobs/build_dataset.py", "--out", str(build), *[a for s in sets for a in ("--set", s)]],
+            "pretrain": ["UNI3D_FAULTS=train_exit=0@2", "python", "jobs/pretrain.py", "--data", str(build),
+                         "--storage", str(runs), "--name", "submitted", "--model", "nano", "--set", "batch_size=16",
+                         "--set", "epochs=1", "--set", "num_workers=1", "--set", "holdout_fraction=0",
+                         "--set", "eval_every=0", "--set", "strategy=ddp", "--set", "max_failures=1"],
+        }  # fmt: skip
+        for name, job in jobs.items():
+            done = _submit(job, client, name)
             assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         model = uni3d.load_checkpoint(runs / "submitted" / "final")
         assert sum(p.numel() for p in model.parameters()) > 0
+        # The worker's error and Ray Train's retry are in the job's logs (worker output is not hidden from them)
+        logs = _ray("job", "logs", "pretrain", env=client, timeout=60)
+        assert logs.returncode == 0, logs.stderr[-2000:]
+        assert "[fault] rank 0 exits before step 2 (train_exit)" in logs.stdout, logs.stdout[-4000:]
+        assert "[FailurePolicy] RETRY" in logs.stdout and "Source: worker group" in logs.stdout, logs.stdout[-4000:]
+        assert "[pretrain] done: 3 steps" in logs.stdout, logs.stdout[-4000:]
         # A job started by hand on this machine, with no --address and no RAY_ADDRESS, joins the head that
         # `ray start` recorded in <ray temp dir>/ray_current_cluster (Ray's convention), since it answers.
         assert (base / "ray" / "ray_current_cluster").read_text().strip().endswith(f":{port}")
         here = {k: v for k, v in client.items() if k != "RAY_ADDRESS"}
         # The submitted build's command again, by hand: it joins the head, finds every shape written, builds nothing.
-        direct = [sys.executable, *jobs[0]]
+        direct = [sys.executable, *jobs["build"][1:]]
         joined = subprocess.run(direct, env=here, capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert joined.returncode == 0, joined.stderr[-4000:]
         assert "Connecting to existing Ray cluster" in joined.stderr and f":{port}" in joined.stderr
