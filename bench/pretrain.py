@@ -33,8 +33,9 @@ from pipelines.build import run_build
 from pipelines.config import BuildConfig, SourceConfig
 from pipelines.strategy import DDPEngine
 from pipelines.train_batch import TrainBatchConfig
+from pipelines.train_config import make_config
 from pipelines.trainer import run_pretrain
-from pipelines.training import make_config, train_step
+from pipelines.training import train_step
 from uni3d.loss import Uni3DLoss
 from uni3d.optim import OptimConfig
 

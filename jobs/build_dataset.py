@@ -21,7 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
-from pipelines.build import run_build  # noqa: E402
 from pipelines.config import BuildConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import ConfigError, add_config_arguments, cli_layers, job_main, resolve, to_yaml, usage_error  # noqa: E402
@@ -66,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from pipelines.build import run_build  # here: --help and argument errors come before the heavy imports
+
     connect(args.address, log_level=args.log_level)
     report = run_build(cfg)
     failed = sum(report.failures.values())

@@ -18,17 +18,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import uni3d  # noqa: E402
-from pipelines.evaluation import EvalConfig, resolve_teacher  # noqa: E402
-from pipelines.query import mesh_points, parse_labels, what_is_this  # noqa: E402
 from pipelines.ray_connect import add_log_level, setup_logging  # noqa: E402
 from pipelines.settings import MissingInput, job_main  # noqa: E402
 from pipelines.storage import Location, local_copy  # noqa: E402
+from uni3d.hub import is_hub  # noqa: E402
 
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--checkpoint", required=True, help="our checkpoint folder or an official model.pt")
     ap.add_argument("--mesh", nargs="+", required=True, help="mesh files (GLB/glTF, OBJ, PLY, STL, OFF)")
     ap.add_argument("--labels", default="", help="comma-separated candidate labels")
@@ -42,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     add_log_level(ap)
     args = ap.parse_args(argv)
     setup_logging(args.log_level)
+    import uni3d  # here: --help and argument errors come before the heavy imports
+    from pipelines.config import EvalConfig
+    from pipelines.evaluation import resolve_teacher
+    from pipelines.query import mesh_points, parse_labels, what_is_this
+
     labels = parse_labels(args.labels, args.labels_file, args.classes)
-    if not Location.of(args.checkpoint).exists():
+    if not is_hub(args.checkpoint) and not Location.of(args.checkpoint).exists():  # hub names: fetched below
         raise MissingInput(f"checkpoint {args.checkpoint} does not exist")
     with local_copy(args.checkpoint) as checkpoint:  # a URI is copied here for the load
         model = uni3d.load_checkpoint(checkpoint)

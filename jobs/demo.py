@@ -13,7 +13,7 @@ evaluation with the 64 templates of every held-out shape over all 14 class names
 the held-out shapes of the 12 trained categories and for the 2 unseen ones, each next to chance.
 Prints the results table; writes ``<out>/results/`` (training curves, accuracy per class, confusion
 matrix, JSON and Markdown).
-``--set key=value`` overrides any pretraining field (``pipelines/training.py``).
+``--set key=value`` overrides any pretraining field (``pipelines/train_config.py``).
 """
 
 from __future__ import annotations
@@ -27,20 +27,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import ray  # noqa: E402
-
-from pipelines.build import run_build  # noqa: E402
-from pipelines.config import BuildConfig, SourceConfig, apply_overrides  # noqa: E402
-from pipelines.evaluation import SEEN_PART, UNSEEN_PART, EvalConfig, run_evaluation  # noqa: E402
-from pipelines.plots import per_class_bars, training_curves  # noqa: E402
+from pipelines.config import BuildConfig, EvalConfig, SourceConfig, apply_overrides  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import job_main  # noqa: E402
-from pipelines.trainer import run_pretrain  # noqa: E402
-from pipelines.training import make_config  # noqa: E402
+from pipelines.splits import SEEN_PART, UNSEEN_PART  # noqa: E402
+from pipelines.train_config import make_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", default="demo", help="where the build, the run and the results go")
     ap.add_argument("--shapes", type=int, default=1200, help="procedural shapes to build")
     ap.add_argument("--points", type=int, default=1024, help="points per shape")
@@ -50,7 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--unseen", default="cup,sofa", help="categories never trained on, for the unseen-category zero-shot ('' none)"
     )
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pretraining field (TrainConfig: the list is in jobs/pretrain.py --help), e.g. epochs=8; "
+        "repeatable",
+    )
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS, else a local Ray")
     add_log_level(ap)
     return ap.parse_args(argv)
@@ -58,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def quiet_ray_data() -> None:
     """The demo prints its own progress: no Ray Data progress bars or per-dataset log lines."""
+    import ray
+
     ray.data.DataContext.get_current().enable_progress_bars = False
     for name in ("ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -66,6 +75,11 @@ def quiet_ray_data() -> None:
 @job_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    from pipelines.build import run_build  # here: --help and argument errors come before the heavy imports
+    from pipelines.evaluation import run_evaluation
+    from pipelines.plots import per_class_bars, training_curves
+    from pipelines.trainer import run_pretrain
+
     connect(
         args.address, worker_logs=False, log_level=args.log_level
     )  # the demo prints its own progress; errors still raise here

@@ -19,18 +19,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import numpy as np  # noqa: E402
-
-import uni3d  # noqa: E402
-from pipelines.gallery import read_gallery  # noqa: E402
-from pipelines.query import check_dims, contact_sheet, embed_points, gallery_points, mesh_points, recall_report  # noqa: E402
 from pipelines.ray_connect import add_log_level, setup_logging  # noqa: E402
 from pipelines.settings import ConfigError, job_main  # noqa: E402
-from pipelines.storage import local_copy  # noqa: E402
-from uni3d.retrieval import search  # noqa: E402
 
 
 def _teacher(name: str | None, image: bool) -> tuple[object, str]:
+    import uni3d
+
     if not name:
         raise ConfigError("the gallery does not record its teacher: pass --teacher")
     extra = {"text_only": True} if name.startswith("openclip:") and not image else {}
@@ -39,7 +34,11 @@ def _teacher(name: str | None, image: bool) -> tuple[object, str]:
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--gallery", required=True, help="a folder written by jobs/embed.py")
     query = ap.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a text query")
@@ -54,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     add_log_level(ap)
     args = ap.parse_args(argv)
     setup_logging(args.log_level)
+    import numpy as np  # here: --help and argument errors come before the heavy imports
+
+    import uni3d
+    from pipelines.gallery import read_gallery
+    from pipelines.query import check_dims, contact_sheet, embed_points, gallery_points, mesh_points, recall_report
+    from pipelines.storage import local_copy
+    from uni3d.retrieval import search
+
     gallery = read_gallery(args.gallery, with_points=bool(args.sheet))
     if args.recall:
         teacher = (

@@ -21,9 +21,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import ray  # noqa: E402
-
-from pipelines.build import run_build  # noqa: E402
 from pipelines.config import BuildConfig, SourceConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import CONFIG_ROOT, ConfigError, file_layer, job_main, resolve, set_layers, usage_error  # noqa: E402
@@ -33,11 +30,23 @@ SCALES = ["nano-s", "nano", "nano-l"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 1)[1])
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", default="demo", help="where the builds and sweeps go (shared with `make demo`)")
     ap.add_argument("--shapes", type=int, default=1200, help="procedural shapes in the demo build")
     ap.add_argument("--init-shapes", type=int, default=600, help="procedural shapes in the init build")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field of every trial of both sweeps (the fields: jobs/pretrain.py --help), "
+        "e.g. epochs=2; repeatable",
+    )
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS, else a local Ray")
     add_log_level(ap)
     return ap.parse_args(argv)
@@ -46,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build(out: str, shapes: int, seed: int) -> None:
     source = SourceConfig(kind="procedural", num_shapes=shapes, seed=seed)
     cfg = BuildConfig(output=out, teacher="minilm", num_points=1024, source=source)
+    from pipelines.build import run_build  # here: --help and argument errors come before the heavy imports
+
     run_build(cfg, log=lambda line: print(line) if "shapes in" in line or "to build" in line else None)
 
 
@@ -60,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     connect(
         args.address, worker_logs=False, log_level=args.log_level
     )  # the demo prints its own progress; errors still raise here
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    import ray
+
     from pipelines.sweep import run_sweep
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
     data, init_data = os.path.join(args.out, "build"), os.path.join(args.out, "sweep-init-build")
     storage = os.path.join(args.out, "sweeps")

@@ -24,32 +24,15 @@ import ray
 import torch
 
 import uni3d
+from pipelines.config import EvalConfig
 from pipelines.eval_sets import EvalSet, EvalSetError, load_lvis_points, read_benchmark
 from pipelines.schema import decode_points_batch, read_manifest
 from pipelines.settings import ConfigError, MissingInput
-from pipelines.splits import keep_holdout, label_rows
-from pipelines.storage import Location, local_copy, local_output
+from pipelines.splits import SEEN_PART, UNSEEN_PART, keep_holdout, label_rows
+from pipelines.storage import Location, hub_local, local_copy, local_output
 from uni3d.fewshot import confusion_matrix, few_shot
+from uni3d.hub import is_hub
 from uni3d.zeroshot import per_class_accuracy, topk_accuracy, zero_shot_logits
-
-
-@dataclass
-class EvalConfig:
-    checkpoint: str  # our checkpoint folder or an official model.pt
-    sets: list[str] = field(default_factory=lambda: ["modelnet40"])  # benchmark names or build folders
-    root: str = "data/eval"  # the folder holding modelnet40/, scanobjectnn/, objaverse_lvis/
-    teacher: str = ""  # text teacher for class names; default: the checkpoint's (ours record it)
-    split: str = "heldout"  # builds: heldout (the pretraining split) | all
-    holdout_fraction: float = -1.0  # builds; < 0: the checkpoint's training value (else 0.05)
-    holdout_seed: int = -1  # builds; < 0: the checkpoint's training seed (else 4096)
-    num_workers: int = 1  # embedding actors
-    worker_cpus: float = 1.0
-    use_gpu: bool = False
-    batch_size: int = 32
-    few_shot: bool = False
-    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    seeds: int = 10
-    out: str = ""  # default: <checkpoint folder>/eval
 
 
 class PointEmbedder:
@@ -158,10 +141,6 @@ class SetResult:
     # builds pretrained with holdout_categories: the same scores over the shapes of trained categories
     # (held out by uid) and over those of the unseen categories, every shape classified over all the names
     parts: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-SEEN_PART = "held-out shapes of trained categories"
-UNSEEN_PART = "unseen categories (never trained on)"
 
 
 def part_scores(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -302,14 +281,20 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> list[SetResult]:
     """Evaluate ``cfg.checkpoint`` (a local path or a URI) on each of ``cfg.sets``; reports go to ``cfg.out``
     (a local folder or a URI), by default ``<checkpoint>/eval``."""
     out = report_location(cfg)  # refuses a missing checkpoint
-    where = Location.of(cfg.checkpoint)
+    where = cfg.checkpoint if is_hub(cfg.checkpoint) else str(Location.of(cfg.checkpoint))  # as the actors find it
     with local_copy(where) as local:  # the driver's reads (config, teacher, split); the actors load their own
-        return _evaluate_sets(dataclasses.replace(cfg, checkpoint=str(local)), str(where), out, log)
+        return _evaluate_sets(dataclasses.replace(cfg, checkpoint=str(local)), where, out, log)
 
 
 def report_location(cfg: EvalConfig) -> Location:
     """Where the reports go: ``cfg.out``, else ``<checkpoint>/eval`` (next to a checkpoint file) when that folder
-    can be written. Released checkpoints often sit on read-only volumes: then ``--out`` is asked for."""
+    can be written. Released checkpoints often sit on read-only volumes: then ``--out`` is asked for, as it is
+    for a checkpoint on the Hugging Face Hub (fetched into the hub's cache here, or refused saying why)."""
+    if is_hub(cfg.checkpoint):
+        hub_local(cfg.checkpoint)
+        if not cfg.out:
+            raise ConfigError(f"{cfg.checkpoint} is on the Hugging Face Hub: give --out DIR for the reports")
+        return Location.of(cfg.out)
     where = Location.of(cfg.checkpoint)
     if not where.exists():
         raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist")

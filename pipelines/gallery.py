@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -32,35 +32,19 @@ import uni3d
 from pipelines.build import limit_object_store, listing_dataset, object_store_budget
 from pipelines.build_io import SHARDS, BuildStore
 from pipelines.build_plan import bytes_per_shape, plan_blocks
-from pipelines.config import SourceConfig
+from pipelines.config import EmbedConfig
 from pipelines.schema import FAILURES_SCHEMA, decode_points_batch
 from pipelines.settings import ConfigError, MissingInput
 from pipelines.sources import list_shapes
 from pipelines.stages import LISTING_SCHEMA, ShapeWorker, worker_identity
-from pipelines.storage import Location, local_copy
+from pipelines.storage import Location, hub_local, local_copy
+from uni3d.hub import is_hub
 
 INFO = "gallery.json"
 # One row per shape back to the driver: its failure stage ("" when embedded) and who did the work.
 SUMMARY_SCHEMA = pa.schema(
     [(name, pa.string()) for name in ("uid", "stage", "shape_worker", "shape_node", "embed_worker", "embed_node")]
 )
-
-
-@dataclass
-class EmbedConfig:
-    checkpoint: str
-    output: str = "data/gallery"
-    source: SourceConfig = field(default_factory=lambda: SourceConfig(kind="local"))
-    num_points: int = 10_000
-    seed: int = 0
-    batch_size: int = 16
-    shape_workers: int = 1
-    shape_worker_cpus: float = 0.5  # with the embedder's, leaves room for the read tasks on 2 cores
-    embed_workers: int = 1
-    embed_worker_cpus: float = 0.5
-    read_cpus: float = 0.25
-    use_gpu: bool = False
-    object_store_gib: float = 0.0  # 0 = Ray Data's default, half the cluster's object store
 
 
 def gallery_schema(embed_dim: int) -> pa.Schema:
@@ -194,11 +178,17 @@ def _embed_listing(cfg: EmbedConfig, store: BuildStore, listing: str, total: int
 
 def run_embed(cfg: EmbedConfig, log: Any = print) -> dict[str, Any]:
     """Embed every shape of ``cfg.source`` not yet in ``cfg.output``; returns counts."""
-    checkpoint = Location.of(cfg.checkpoint)  # local or a URI
     model_cfg: dict[str, Any] = {}
-    if (checkpoint / "config.json").is_file():  # ours; an official model.pt records no teacher
-        with local_copy(checkpoint / "config.json") as path:
-            model_cfg = uni3d.read_checkpoint_config(path)
+    if is_hub(cfg.checkpoint):  # fetched into this node's hub cache (each actor finds it in its own)
+        checkpoint: Location | str = cfg.checkpoint
+        local = hub_local(cfg.checkpoint)
+        if (local / "config.json").is_file():
+            model_cfg = uni3d.read_checkpoint_config(local)
+    else:
+        checkpoint = Location.of(cfg.checkpoint)  # local or a URI
+        if (checkpoint / "config.json").is_file():  # ours; an official model.pt records no teacher
+            with local_copy(checkpoint / "config.json") as path:
+                model_cfg = uni3d.read_checkpoint_config(path)
     teacher = (model_cfg.get("meta") or {}).get("teacher")
     cfg = dataclasses.replace(cfg, checkpoint=str(checkpoint))  # absolute: the actors run in other folders
     store = BuildStore(cfg.output)

@@ -22,8 +22,6 @@ import socket
 import sys
 from dataclasses import dataclass
 
-import ray
-
 PROBE_TIMEOUT_S = 2.0
 
 
@@ -125,6 +123,8 @@ def setup_logging(level: str = "INFO") -> None:
 
 def connect(address: str | None = None, *, worker_logs: bool = True, log_level: str = "INFO") -> None:
     """``ray.init`` once per process; a no-op when Ray is already initialised (tests, notebooks)."""
+    import ray  # here: a job's --help and its argument errors come before Ray is imported
+
     setup_logging(log_level)
     if ray.is_initialized():
         return

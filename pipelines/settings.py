@@ -110,12 +110,22 @@ def _merge(cls: type, into: dict[str, Any], values: dict[str, Any], source: str,
             raise ConfigError(f"{source}: {cls.__name__} has no field {dotted!r}{_did_you_mean(key, hints)}")
         section = _dataclass_of(hints[key])
         if section is not None and isinstance(value, dict):
-            _merge(section, into.setdefault(key, {}), value, source, origin, prefix=f"{dotted}.")
+            if key not in into:  # a section's own default (EmbedConfig's source is local) under the values set
+                into[key] = _section_default(cls, key)
+            _merge(section, into[key], value, source, origin, prefix=f"{dotted}.")
             continue
         if section is not None and not isinstance(value, dict):
             raise ConfigError(f"{source}: {dotted!r} is a section; set its fields, e.g. {dotted}.<field>=…")
         into[key] = _coerce(hints[key], value)
         origin[dotted] = source
+
+
+def _section_default(cls: type, key: str) -> dict[str, Any]:
+    """The values of a nested dataclass field's default instance (its ``default_factory``'s), or none."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if spec.default_factory is not dataclasses.MISSING:
+        return dataclasses.asdict(spec.default_factory())
+    return {}
 
 
 def _did_you_mean(key: str, hints: dict[str, Any]) -> str:

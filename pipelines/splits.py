@@ -26,6 +26,8 @@ import pyarrow.compute as pc
 SEEN = "held-out shapes of trained categories"
 UNSEEN = "unseen categories"
 METRIC_PREFIX = {SEEN: "zeroshot", UNSEEN: "unseen"}  # metrics.jsonl keys: zeroshot_top1, unseen_top1, ...
+# the same two parts in an evaluation report (jobs/evaluate.py, the demo)
+SEEN_PART, UNSEEN_PART = SEEN, "unseen categories (never trained on)"
 
 _SCALE = float(2**64)
 

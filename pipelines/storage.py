@@ -21,6 +21,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipelines.settings import MissingInput
+from uni3d.hub import is_hub
+
 
 def is_uri(path_or_uri: str | os.PathLike) -> bool:
     text = os.fspath(path_or_uri)
@@ -204,7 +207,11 @@ class Location:
 
 @contextmanager
 def local_copy(path_or_uri: str | os.PathLike | Location) -> Iterator[Path]:
-    """A local path for reading: the path itself when local, else a temporary copy removed afterwards."""
+    """A local path for reading: the path itself when local, else a temporary copy removed afterwards; for an
+    ``hf-hub:`` checkpoint name, its file or folder in this node's Hugging Face cache (``uni3d.hub``)."""
+    if is_hub(path_or_uri):
+        yield hub_local(str(path_or_uri))
+        return
     where = Location.of(path_or_uri)
     if where.local:
         yield where.as_path()
@@ -235,7 +242,11 @@ def local_output(path_or_uri: str | os.PathLike | Location) -> Iterator[Path]:
 @contextmanager
 def local_init(spec: Any) -> Iterator[Any]:
     """An init spec (``uni3d.InitSpec``) whose file or checkpoint folder is on this machine: the spec itself
-    when it is local (or ``scratch``), else the same spec on a temporary copy of its URI, removed afterwards."""
+    when it is local (or ``scratch``), else the same spec on a temporary copy of its URI, removed afterwards, or on
+    its file or folder in the Hugging Face cache for an ``hf-hub:`` name."""
+    if spec.kind != "scratch" and is_hub(spec.path):
+        yield dataclasses.replace(spec, path=str(hub_local(spec.path)))
+        return
     if spec.kind == "scratch" or not is_uri(spec.path):
         yield spec
         return
@@ -243,3 +254,14 @@ def local_init(spec: Any) -> Iterator[Any]:
         raise FileNotFoundError(f"init {spec}: {spec.path} does not exist")
     with local_copy(spec.path) as path:
         yield dataclasses.replace(spec, path=str(path))
+
+
+def hub_local(spec: str) -> Path:
+    """An ``hf-hub:`` checkpoint (``uni3d.hub``) in this node's Hugging Face cache, fetched there if need be; a name
+    that cannot be had (no such file, offline and not cached) is one ``MissingInput`` line saying why."""
+    from uni3d.hub import hub_path
+
+    try:
+        return hub_path(spec)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MissingInput(str(exc)) from None

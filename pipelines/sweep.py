@@ -39,7 +39,8 @@ from pipelines.settings import ConfigError, Layer
 from pipelines.storage import Location, is_uri
 from pipelines.sweep_report import TrialRecord, read_metrics_file, summarise_metrics, write_report
 from pipelines.sweep_space import SweepConfig, SweepPlan, fill_templates, plan_sweep, trial_config, trial_context
-from pipelines.trainer import DataPrep, data_key, prepare_data, run_pretrain
+from pipelines.train_config import data_key
+from pipelines.trainer import DataPrep, prepare_data, run_pretrain
 
 SCHEDULER_STATE = "scheduler_state.pkl"  # ResumableASHA's rungs, in the sweep's folder
 

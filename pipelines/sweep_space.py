@@ -21,8 +21,7 @@ from pipelines.recipes import get_recipe
 from pipelines.schema import read_manifest
 from pipelines.settings import ConfigError, Layer, _Raw, resolve
 from pipelines.storage import Location, local_init
-from pipelines.trainer import data_key
-from pipelines.training import TrainConfig
+from pipelines.train_config import TrainConfig, data_key
 
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3, "choice": None}
 # Fields a trial's own run sets: the sweep owns where runs go and what they are called.

@@ -32,8 +32,10 @@ from pipelines.run_log import Progress, RunLog
 from pipelines.schema import Manifest, read_manifest
 from pipelines.settings import ConfigError
 from pipelines.storage import Location, is_uri, local_copy, local_init, local_output
+from pipelines.train_config import RESUME_KEYS, TrainConfig, data_key
 from pipelines.train_data import cached_units, file_units, shard_files
-from pipelines.training import RESUME_KEYS, TrainConfig, train_loop
+from pipelines.training import train_loop
+from uni3d.hub import is_hub
 
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # TrainConfig.report_poll_s
 
@@ -81,11 +83,6 @@ class DataPrep:
     heldout: Any  # ObjectRef of a HeldOut, or None
     why: str  # what the periodic zero-shot runs on, or why it does not
     heldout_info: dict[str, Any]  # {"sets": [ZeroShotSet.info(), ...]} or {}
-
-
-def data_key(cfg: TrainConfig) -> tuple:
-    categories = tuple(sorted(cfg.holdout_categories))
-    return (cfg.data, cfg.holdout_fraction, categories, cfg.seed, cfg.eval_max_shapes, cfg.eval_teacher)
 
 
 def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep:
@@ -204,7 +201,7 @@ def run_pretrain(
     _check_build(cfg, manifest)
     cfg = dataclasses.replace(cfg, embed_dim=manifest.embed_dim)
     init = uni3d.parse_init(cfg.init)
-    if init.kind != "scratch" and not is_uri(init.path):
+    if init.kind != "scratch" and not is_uri(init.path) and not is_hub(init.path):
         init = init.resolve()  # an absolute path: Ray Train workers run in another folder
     cfg = dataclasses.replace(cfg, init=str(init))
     with local_init(init) as here:  # a URI: a temporary copy (each worker makes its own)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,27 @@ def test_every_public_name_resolves() -> None:
     assert uni3d.create_model("nano", embed_dim=384).embed_dim == 384
     with pytest.raises(AttributeError, match="no_such_name"):
         uni3d.no_such_name  # noqa: B018
+
+
+JOBS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "jobs").glob("*.py"))
+HEAVY = ("torch", "ray", "timm", "pyarrow.dataset", "deepspeed", "open_clip", "sentence_transformers")
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_a_jobs_help_shows_its_examples_and_imports_nothing_heavy(job: str) -> None:
+    # --help answers before torch, Ray or the model are imported (bench/cli.py times it)
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['jobs/{job}', '--help']\n"
+        "try:\n"
+        f"    runpy.run_path('jobs/{job}', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        f"print('imported:', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("imported: []"), done.stdout[-500:]
+    assert "usage: " in done.stdout and "    python jobs/" in done.stdout  # the docstring's examples
+    assert "--set" in done.stdout or job in ("classify.py", "search.py")  # the two without config fields

@@ -7,7 +7,7 @@ import pytest
 from pipelines.config import BuildConfig, apply_overrides
 from pipelines.recipes import get_recipe, recipe_names
 from pipelines.settings import ConfigError, Layer, file_layer, resolve, set_layers
-from pipelines.training import TrainConfig, make_config
+from pipelines.train_config import TrainConfig, make_config
 
 
 def build_config(*sets: str) -> BuildConfig:

@@ -18,8 +18,9 @@ from pipelines.schema import make_row, rows_to_table
 from pipelines.splits import drop_holdout, holdout_mask, keep_holdout, sample_order, train_filter_kwargs
 from pipelines.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
 from pipelines.train_batch import TrainBatchConfig
+from pipelines.train_config import TrainConfig, make_config
 from pipelines.trainer import check_resume, text_groups_warning
-from pipelines.training import NonFiniteGuard, NonFiniteLoss, TrainConfig, make_config, train_step
+from pipelines.training import NonFiniteGuard, NonFiniteLoss, train_step
 from uni3d.loss import Uni3DLoss
 from uni3d.optim import OptimConfig
 

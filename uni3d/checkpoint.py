@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from uni3d.encoder import Uni3D
+from uni3d.hub import hub_path, is_hub
 from uni3d.presets import EncoderConfig, get_preset, preset_for_width
 
 FORMAT_NAME = "uni3d-ray"
@@ -53,8 +54,16 @@ def save_checkpoint(model: Uni3D, path: str | os.PathLike, meta: dict[str, Any] 
     return folder
 
 
+def local_path(path: str | os.PathLike) -> Path:
+    """A checkpoint's local path: itself, or for an ``hf-hub:`` name the file or folder in the hub's cache."""
+    if is_hub(path):
+        return hub_path(str(path))
+    return Path(path)
+
+
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of one of our checkpoints (folder or its ``model.safetensors``)."""
+    """The ``config.json`` of one of our checkpoints (folder or its ``model.safetensors``; ``hf-hub:`` names too)."""
+    path = local_path(path)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
@@ -72,9 +81,10 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> Uni3D:
     """Load one of our checkpoints or an official release file; the preset is inferred.
 
     ``overrides`` change training-only config fields (e.g. ``patch_dropout=0.0``); shapes come
-    from the file.
+    from the file. ``path`` may name a file or folder on the Hugging Face Hub (``uni3d.hub``):
+    ``hf-hub:BAAI/Uni3D/modelzoo/uni3d-g/model.pt``.
     """
-    p = Path(path)
+    p = local_path(path)
     if not p.exists():
         raise ValueError(f"checkpoint {path} does not exist")
     if p.is_dir() or p.suffix == ".safetensors":

@@ -20,6 +20,7 @@ string below, so ``parse_teacher(teacher.name)`` rebuilds the same teacher. Spec
     openclip                              = openclip:EVA02-E-14-plus/laion2b_s9b_b144k (official)
     openclip:<arch>/<tag>                 open_clip architecture + pretrained tag
     openclip:<arch>@<path>                open_clip architecture + local checkpoint file (.bin/.pt/.safetensors)
+    openclip:hf-hub:<org>/<repo>          an open_clip model on the Hugging Face Hub, with its open_clip_config.json
     openclip-random:<arch>[?seed=<int>]   random weights, seed 0 by default
 
 ``<arch>`` is an ``open_clip.list_models()`` name or one of :data:`TINY_ARCHS`. Texts longer than a tower's
@@ -208,6 +209,9 @@ class OpenClipTeacher(_OpenClipBase):
         batch_size: int = 256,
         text_only: bool = False,
     ) -> None:
+        if model.startswith("hf-hub:"):
+            self._from_hub(model, precision, device, batch_size)
+            return
         if pretrained is None and checkpoint is None and model == OFFICIAL_MODEL:
             pretrained = OFFICIAL_PRETRAINED
         if (pretrained is None) == (checkpoint is None):
@@ -233,6 +237,24 @@ class OpenClipTeacher(_OpenClipBase):
                 base, pretrained=str(path), device=self.device, **preprocess_kw, **build_kw
             )
         self._setup(name, clip, open_clip.get_tokenizer(base), preprocess, embed_dim)
+
+    def _from_hub(self, model: str, precision: str, device: str, batch_size: int) -> None:
+        """An open_clip model published on the Hugging Face Hub with its config (``hf-hub:<org>/<repo>``): open_clip
+        reads ``open_clip_config.json`` and the weights through huggingface_hub (its cache, ``HF_TOKEN``,
+        ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``). Both towers are loaded (``text_only`` applies to the other forms)."""
+        open_clip = _import_open_clip()
+        self.device, self.batch_size = _resolve_device(device), batch_size
+        self.precision = _resolve_precision(precision, self.device)
+        try:
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                model, precision=self.precision, device=self.device
+            )
+        except (OSError, RuntimeError) as e:  # offline and not cached, no such repository, no config in it
+            raise FileNotFoundError(f"open_clip model {model}: {' '.join(str(e).split())[:300]}") from None
+        tokenizer = open_clip.get_tokenizer(model)
+        with torch.no_grad():
+            embed_dim = int(clip.encode_text(tokenizer(["a"]).to(self.device)).shape[-1])
+        self._setup(f"openclip:{model}", clip, tokenizer, preprocess, embed_dim)
 
 
 class RandomOpenClipTeacher(_OpenClipBase):
@@ -368,7 +390,10 @@ class TeacherConfig:
             self.model = self.model or OFFICIAL_MODEL
             if self.pretrained is None and self.checkpoint is None and self.model == OFFICIAL_MODEL:
                 self.pretrained = OFFICIAL_PRETRAINED
-            if (self.pretrained is None) == (self.checkpoint is None):
+            if self.model.startswith("hf-hub:"):  # the hub repository holds the config and the weights
+                if self.pretrained is not None or self.checkpoint is not None:
+                    raise ValueError(f"openclip teacher {self.model!r} takes no pretrained tag or checkpoint path")
+            elif (self.pretrained is None) == (self.checkpoint is None):
                 raise ValueError(
                     f"openclip teacher {self.model!r} needs exactly one of a pretrained tag and a checkpoint "
                     "path (for random weights use kind 'openclip-random')"
@@ -383,6 +408,8 @@ class TeacherConfig:
             return f"openclip-random:{self.model}?seed={self.seed}"
         if self.checkpoint is not None:
             return f"openclip:{self.model}@{Path(self.checkpoint).expanduser().resolve()}"
+        if self.pretrained is None:  # hf-hub:<org>/<repo>
+            return f"openclip:{self.model}"
         return f"openclip:{self.model}/{self.pretrained}"
 
 
@@ -392,6 +419,10 @@ def parse_teacher(spec: str, **overrides: Any) -> TeacherConfig:
     fields: dict[str, Any] = {"kind": kind}
     if kind == "minilm":
         fields["model"] = rest or None
+    elif kind == "openclip" and rest.startswith("hf-hub:"):
+        if len(rest.removeprefix("hf-hub:").split("/")) != 2:
+            raise ValueError(f"bad teacher spec {spec!r}: expected openclip:hf-hub:<org>/<repo>")
+        fields["model"] = rest  # open_clip reads the model's config and weights from that hub repository
     elif kind == "openclip" and rest:
         arch, sep, ckpt = rest.partition("@")
         if not sep:
