@@ -145,3 +145,13 @@ def test_a_train_config_file_may_set_any_field(tmp_path) -> None:
     path.write_text("data: build\nlrate: 1\n")
     with pytest.raises(ConfigError, match=rf"{path}: TrainConfig has no field 'lrate'; did you mean lr"):
         resolve(TrainConfig, [file_layer(path)])
+
+
+def test_a_section_keeps_its_own_default_under_the_values_set_for_it() -> None:
+    from jobs.embed import parse_args
+
+    # EmbedConfig's source defaults to kind=local (a folder of meshes), not SourceConfig's procedural
+    cfg, _ = parse_args(["--checkpoint", "ckpt", "--root", "meshes", "--set", "source.category_from=parent"])
+    assert (cfg.source.kind, cfg.source.root, cfg.source.category_from) == ("local", "meshes", "parent")
+    cfg, _ = parse_args(["--checkpoint", "ckpt", "--set", "source.kind=procedural", "--set", "num_points=512"])
+    assert (cfg.source.kind, cfg.num_points, cfg.output) == ("procedural", 512, "data/gallery")
