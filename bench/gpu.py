@@ -37,6 +37,7 @@ from pretrain import bare_loop, ray_run
 from pretrain import build as make_build
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipelines.schema import read_manifest
 from uni3d.teachers import OFFICIAL_MODEL, TINY_ARCHS
 from uni3d.tokenizer import group_points
 
@@ -144,7 +145,8 @@ def ray_section(s: Settings, device: torch.device, work: Path, build: Path | Non
         data = build or make_build(work / "build", s.shapes, s.points)
         gpu = device.type == "cuda"
         precision = "bf16" if gpu else "fp32"
-        epochs = max(1, -(-(s.train_steps + 5) // max(1, _num_rows(data) // s.train_batch)))  # 5: the first window
+        per_epoch = max(1, read_manifest(str(data / "manifest.json")).num_shapes // s.train_batch)
+        epochs = max(1, -(-(s.train_steps + 5) // per_epoch))  # + 5: the first log window, not timed
         bare = bare_loop(data, s.train_model, s.train_batch, s.train_steps, threads=torch.get_num_threads(),
                          device=device, precision=precision)  # fmt: skip
         sets = {"use_gpu": gpu, "precision": precision, "strategy": "ddp", "worker_cpus": 1.0 if gpu else 0.5}
@@ -155,12 +157,6 @@ def ray_section(s: Settings, device: torch.device, work: Path, build: Path | Non
             ray.shutdown()
     return {"bare_samples_per_s": bare, "ray_samples_per_s": rate, "ray_vs_bare": rate / bare, "data_wait": wait,
             "steps": steps, "model": s.train_model, "batch": s.train_batch, "precision": precision}  # fmt: skip
-
-
-def _num_rows(data: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in (data / "shards").glob("*.parquet"))
 
 
 def table(results: dict[str, Any], device: torch.device) -> str:

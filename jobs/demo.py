@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines.config import BuildConfig, EvalConfig, SourceConfig, apply_overrides  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
-from pipelines.settings import job_main  # noqa: E402
+from pipelines.settings import add_set_argument, job_main  # noqa: E402
 from pipelines.splits import SEEN_PART, UNSEEN_PART  # noqa: E402
 from pipelines.train_config import make_config  # noqa: E402
 
@@ -49,14 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--unseen", default="cup,sofa", help="categories never trained on, for the unseen-category zero-shot ('' none)"
     )
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a pretraining field (TrainConfig: the list is in jobs/pretrain.py --help), e.g. epochs=8; "
-        "repeatable",
+    add_set_argument(
+        ap,
+        "override a pretraining field (TrainConfig: the list is in jobs/pretrain.py --help), e.g. epochs=8; repeatable",
     )
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS, else a local Ray")
     add_log_level(ap)

@@ -23,7 +23,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines.config import BuildConfig, SourceConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
-from pipelines.settings import CONFIG_ROOT, ConfigError, file_layer, job_main, resolve, set_layers, usage_error  # noqa: E402
+from pipelines.settings import (  # noqa: E402
+    CONFIG_ROOT,
+    ConfigError,
+    add_set_argument,
+    file_layer,
+    job_main,
+    resolve,
+    set_layers,
+    usage_error,
+)
 from pipelines.sweep_space import SweepConfig  # noqa: E402
 
 SCALES = ["nano-s", "nano", "nano-l"]
@@ -38,13 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default="demo", help="where the builds and sweeps go (shared with `make demo`)")
     ap.add_argument("--shapes", type=int, default=1200, help="procedural shapes in the demo build")
     ap.add_argument("--init-shapes", type=int, default=600, help="procedural shapes in the init build")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a TrainConfig field of every trial of both sweeps (the fields: jobs/pretrain.py --help), "
+    add_set_argument(
+        ap,
+        "override a TrainConfig field of every trial of both sweeps (the fields: jobs/pretrain.py --help), "
         "e.g. epochs=2; repeatable",
     )
     ap.add_argument("--address", help="Ray address; default: $RAY_ADDRESS, else a local Ray")

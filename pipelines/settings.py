@@ -232,17 +232,15 @@ def _field_comments(cls: type) -> dict[str, str]:
     return out
 
 
+def add_set_argument(ap: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE``, repeatable, collected in ``args.overrides`` (``set_layers`` reads them)."""
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_config_arguments(ap: argparse.ArgumentParser, cls: type, set_help: str = "") -> None:
     """``--config``, ``--set`` and ``--print-config``, with ``cls``'s fields listed in ``--help``."""
     ap.add_argument("--config", metavar="FILE.yaml", help="a YAML file of config fields (see --print-config)")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=set_help or "override any config field (listed below); repeatable, applied last",
-    )
+    add_set_argument(ap, set_help or "override any config field (listed below); repeatable, applied last")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     ap.formatter_class = argparse.RawDescriptionHelpFormatter
     fields = "\n".join(field_help(cls))
