@@ -7,7 +7,7 @@
 # driver >= 580 on the host).
 FROM rayproject/ray:2.60.0-py311-gpu
 
-# pipelines/render.py renders with moderngl on a standalone EGL context: Mesa's EGL and llvmpipe on CPU
+# pipelines/meshes/render.py renders with moderngl on a standalone EGL context: Mesa's EGL and llvmpipe on CPU
 # nodes, NVIDIA's EGL on GPU nodes. glvnd picks the vendor: the NVIDIA entry below names the library the
 # container toolkit mounts when the "graphics" capability is asked for (see NVIDIA_DRIVER_CAPABILITIES);
 # where that library is absent (CPU nodes) glvnd falls back to Mesa.

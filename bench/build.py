@@ -1,4 +1,4 @@
-"""Benchmark: the dataset build on Ray Data (``pipelines.build.run_build``), streaming and spreading.
+"""Benchmark: the dataset build on Ray Data (``pipelines.build.run.run_build``), streaming and spreading.
 
 Sections (``--sections``, default all), each printed as a Markdown table:
 - ``scaling``: the image path (procedural shapes, 10,000 points, 12 views at 224x224, the random
@@ -43,12 +43,13 @@ import pyarrow.parquet as pq
 import ray
 from common import machine
 
-from pipelines.build import listing_dataset, plan_build, renders_views, run_build, select
-from pipelines.build_io import BuildStore
-from pipelines.config import BuildConfig, ResourceConfig, SourceConfig
-from pipelines.schema import decode_embeddings, decode_points_batch
-from pipelines.sources import list_shapes
-from pipelines.stages import LISTING_SCHEMA, Embedder, ShapeWorker, write_shards
+from pipelines.build.codec import decode_embeddings, decode_points_batch
+from pipelines.build.config import BuildConfig, ResourceConfig
+from pipelines.build.run import listing_dataset, plan_build, renders_views, run_build, select
+from pipelines.build.stages import LISTING_SCHEMA, Embedder, ShapeWorker, write_shards
+from pipelines.build.store import BuildStore
+from pipelines.sources.config import SourceConfig
+from pipelines.sources.dispatch import list_shapes
 
 TEACHER = "openclip-random:tiny-ViT-32"
 EMBED_CPUS = 0.25
@@ -297,7 +298,7 @@ def storage(args: argparse.Namespace) -> dict:
 
 def make_objaverse_fixture(root: Path, num_uids: int, num_lvis: int, seed: int = 0) -> None:
     """Objaverse 1.0's annotation files for ``num_uids`` generated uids, in the Hugging Face layout
-    (``pipelines.objaverse``): object-paths, one metadata file per shard, the LVIS annotations."""
+    (``pipelines.sources.objaverse``): object-paths, one metadata file per shard, the LVIS annotations."""
     done = root / f".made-{num_uids}-{num_lvis}-{seed}"
     if done.exists():
         return

@@ -37,8 +37,9 @@ from pretrain import bare_loop, ray_run
 from pretrain import build as make_build
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipelines.schema import read_manifest
-from uni3d.teachers import OFFICIAL_MODEL, TINY_ARCHS
+from pipelines.build.manifest import read_manifest
+from uni3d.open_clip_weights import TINY_ARCHS
+from uni3d.teacher_spec import OFFICIAL_MODEL
 from uni3d.tokenizer import group_points
 
 

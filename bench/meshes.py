@@ -25,9 +25,10 @@ from pathlib import Path
 
 from common import machine, time_it
 
-from pipelines.mesh_io import load_mesh
-from pipelines.render import RenderConfig, Renderer
-from pipelines.sampling import sample_points
+from pipelines.meshes.cameras import RenderConfig
+from pipelines.meshes.load import load_mesh
+from pipelines.meshes.render import Renderer
+from pipelines.meshes.sampling import sample_points
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "meshes" / "real"
 Stage = Callable[[dict], object]  # item {"path": Path, "<earlier stage>": its output, ...} -> output

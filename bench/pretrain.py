@@ -1,7 +1,7 @@
 """Benchmark: pretraining throughput through Ray Train + Ray Data against a bare single-process loop.
 
 Same model (``--model``, default the demo's ``micro``), same build, same global batch
-(``--workers`` x ``--batch``) and the same step function (``pipelines.training.train_step``: decode,
+(``--workers`` x ``--batch``) and the same step function (``pipelines.train.loop.train_step``: decode,
 draws, augmentation, forward, loss, backward, AdamW). The bare loop holds the whole build in memory as
 Arrow and slices batches from it: no I/O, no processes, no collectives; it is the ceiling the
 distributed path is measured against. Ray runs use ``--workers`` CPU workers and are timed from
@@ -29,13 +29,14 @@ import torch
 from common import machine
 
 import uni3d
-from pipelines.build import run_build
-from pipelines.config import BuildConfig, SourceConfig
-from pipelines.strategy import DDPEngine
-from pipelines.train_batch import TrainBatchConfig
-from pipelines.train_config import make_config
-from pipelines.trainer import run_pretrain
-from pipelines.training import train_step
+from pipelines.build.config import BuildConfig
+from pipelines.build.run import run_build
+from pipelines.sources.config import SourceConfig
+from pipelines.train.batch import TrainBatchConfig
+from pipelines.train.config import make_config
+from pipelines.train.driver import run_pretrain
+from pipelines.train.loop import train_step
+from pipelines.train.strategy import DDPEngine
 from uni3d.loss import Uni3DLoss
 from uni3d.optim import OptimConfig
 

@@ -1,7 +1,7 @@
 """Benchmark: multi-view rendering of procedural shapes and spheres of ~10k and ~100k faces.
 
 Each mesh is rendered into ``--views`` views (12 by default, as OpenShape) of ``--size`` pixels
-by one reused ``pipelines.render.Renderer`` (EGL: Mesa llvmpipe on CPU machines, the GPU on
+by one reused ``pipelines.meshes.render.Renderer`` (EGL: Mesa llvmpipe on CPU machines, the GPU on
 NVIDIA nodes); the time per mesh includes the upload, drawing, read-back and release. It prints
 ms per mesh and meshes/s per CPU core (meshes/s divided by the cores this process may use; on
 llvmpipe the rasteriser uses all of them) as a Markdown table, once with and once without MSAA.
@@ -19,9 +19,10 @@ import numpy as np
 import trimesh
 from common import machine, time_it
 
-from pipelines.mesh import Mesh
-from pipelines.procedural import make_shape
-from pipelines.render import RenderConfig, Renderer
+from pipelines.meshes.cameras import RenderConfig
+from pipelines.meshes.mesh import Mesh
+from pipelines.meshes.render import Renderer
+from pipelines.sources.procedural import make_shape
 
 SHAPES = ("chair", "car", "tree", "bookshelf", "mushroom")
 

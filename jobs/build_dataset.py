@@ -8,7 +8,7 @@ A re-run with the same ``--out`` resumes: shapes already written (or recorded as
 skipped; with ``--retry-failures`` it builds again those whose failure may pass (a fetch out of retries,
 the teacher, the shard writer), while broken meshes and refused input data stay failures (docs/dataset.md).
 ``--shard i/n`` builds one slice of the uids, for splitting a build across jobs.
-Any field of ``pipelines.config.BuildConfig`` (listed below) can be set with ``--set key=value`` or in a
+Any field of ``pipelines.build.config.BuildConfig`` (listed below) can be set with ``--set key=value`` or in a
 YAML file given with ``--config``; ``--print-config`` prints the resolved config in that form.
 """
 
@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
-from pipelines.config import BuildConfig  # noqa: E402
+from pipelines.build.config import BuildConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import ConfigError, add_config_arguments, cli_layers, job_main, resolve, to_yaml, usage_error  # noqa: E402
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from pipelines.build import run_build  # here: --help and argument errors come before the heavy imports
+    from pipelines.build.run import run_build  # here: --help and argument errors come before the heavy imports
 
     connect(args.address, log_level=args.log_level)
     report = run_build(cfg)

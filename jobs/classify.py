@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     setup_logging(args.log_level)
     import uni3d  # here: --help and argument errors come before the heavy imports
-    from pipelines.config import EvalConfig
-    from pipelines.evaluation import resolve_teacher
-    from pipelines.query import mesh_points, parse_labels, what_is_this
+    from pipelines.evaluate.config import EvalConfig
+    from pipelines.evaluate.query import mesh_points, parse_labels, what_is_this
+    from pipelines.evaluate.run import resolve_teacher
 
     labels = parse_labels(args.labels, args.labels_file, args.classes)
     if not is_hub(args.checkpoint) and not Location.of(args.checkpoint).exists():  # hub names: fetched below

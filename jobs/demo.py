@@ -13,7 +13,7 @@ evaluation with the 64 templates of every held-out shape over all 14 class names
 the held-out shapes of the 12 trained categories and for the 2 unseen ones, each next to chance.
 Prints the results table; writes ``<out>/results/`` (training curves, accuracy per class, confusion
 matrix, JSON and Markdown).
-``--set key=value`` overrides any pretraining field (``pipelines/train_config.py``).
+``--set key=value`` overrides any pretraining field (``pipelines/train/config.py``).
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from pipelines.config import BuildConfig, EvalConfig, SourceConfig, apply_overrides  # noqa: E402
+from pipelines.build.config import BuildConfig  # noqa: E402
+from pipelines.build.splits import SEEN_PART, UNSEEN_PART  # noqa: E402
+from pipelines.evaluate.config import EvalConfig
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
-from pipelines.settings import add_set_argument, job_main  # noqa: E402
-from pipelines.splits import SEEN_PART, UNSEEN_PART  # noqa: E402
-from pipelines.train_config import make_config  # noqa: E402
+from pipelines.settings import add_set_argument, apply_overrides, job_main  # noqa: E402
+from pipelines.sources.config import SourceConfig
+from pipelines.train.config import make_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,10 +72,10 @@ def quiet_ray_data() -> None:
 @job_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from pipelines.build import run_build  # here: --help and argument errors come before the heavy imports
-    from pipelines.evaluation import run_evaluation
-    from pipelines.plots import per_class_bars, training_curves
-    from pipelines.trainer import run_pretrain
+    from pipelines.build.run import run_build  # here: --help and argument errors come before the heavy imports
+    from pipelines.evaluate.plots import per_class_bars, training_curves
+    from pipelines.evaluate.run import run_evaluation
+    from pipelines.train.driver import run_pretrain
 
     connect(
         args.address, worker_logs=False, log_level=args.log_level

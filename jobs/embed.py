@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
-from pipelines.config import EmbedConfig  # noqa: E402
+from pipelines.evaluate.config import EmbedConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import (  # noqa: E402
     ConfigError,
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not is_hub(cfg.checkpoint) and not Location.of(cfg.checkpoint).exists():  # hub names: fetched below
         raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist")
-    from pipelines.gallery import run_embed  # here: --help and argument errors come before the heavy imports
+    from pipelines.evaluate.gallery import run_embed  # here: --help and argument errors come before the heavy imports
 
     connect(args.address, log_level=args.log_level)
     summary = run_embed(cfg)

@@ -8,7 +8,7 @@
 
 ``--sets`` takes benchmark names (read from the official test files under ``--root``: modelnet40/,
 scanobjectnn/, objaverse_lvis/) or build folders. Results go next to the checkpoint, in ``eval/``: per set a
-JSON, a Markdown table and a confusion-matrix PNG. Any field of ``pipelines.config.EvalConfig``
+JSON, a Markdown table and a confusion-matrix PNG. Any field of ``pipelines.evaluate.config.EvalConfig``
 (listed below) can be
 set with ``--set key=value`` or in a YAML file given with ``--config`` (``--print-config`` shows one).
 """
@@ -22,7 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
-from pipelines.config import EvalConfig  # noqa: E402
+from pipelines.evaluate.config import EvalConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import ConfigError, add_config_arguments, cli_layers, job_main, resolve, to_yaml, usage_error  # noqa: E402
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from pipelines.evaluation import report_location, run_evaluation  # here: --help comes before heavy imports
+    from pipelines.evaluate.run import report_location, run_evaluation  # here: --help comes before heavy imports
 
     report_location(cfg)  # a missing checkpoint, or a read-only folder without --out, is refused before Ray starts
     connect(args.address, log_level=args.log_level)

@@ -16,7 +16,7 @@ the weights of one of our checkpoints or an official ``model.pt`` (fresh optimis
 does not fit is refused before any worker starts.
 
 Recipes (YAML in configs/recipes/): cpu, uni3d-ti, uni3d-s, uni3d-b, uni3d-l, uni3d-g. Any field of
-``pipelines.train_config.TrainConfig`` (listed below) can be set with ``--set key=value`` or in a YAML file
+``pipelines.train.config.TrainConfig`` (listed below) can be set with ``--set key=value`` or in a YAML file
 given with ``--config``; ``--print-config`` prints the resolved config in that form. Re-running the same --name and
 --storage resumes from the last checkpoint. The run folder ``<storage>/<name>/`` holds config.json,
 metrics.jsonl, tensorboard/ (``tensorboard --logdir <storage>``), the checkpoints, and at the end
@@ -32,9 +32,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
-from pipelines.recipes import recipe_names  # noqa: E402
 from pipelines.settings import ConfigError, add_config_arguments, job_main, to_yaml, usage_error  # noqa: E402
-from pipelines.train_config import TrainConfig, resolve_train_config  # noqa: E402
+from pipelines.train.config import TrainConfig, resolve_train_config  # noqa: E402
+from pipelines.train.recipes import recipe_names  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray.train  # here: --help and argument errors come before the heavy imports
 
-    from pipelines.trainer import run_pretrain
+    from pipelines.train.driver import run_pretrain
 
     connect(args.address, log_level=args.log_level)
     try:

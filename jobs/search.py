@@ -56,8 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np  # here: --help and argument errors come before the heavy imports
 
     import uni3d
-    from pipelines.gallery import read_gallery
-    from pipelines.query import check_dims, contact_sheet, embed_points, gallery_points, mesh_points, recall_report
+    from pipelines.evaluate.gallery import read_gallery
+    from pipelines.evaluate.query import (
+        check_dims,
+        contact_sheet,
+        embed_points,
+        gallery_points,
+        mesh_points,
+        recall_report,
+    )
     from pipelines.storage import local_copy
     from uni3d.retrieval import search
 

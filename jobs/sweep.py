@@ -36,7 +36,7 @@ from pipelines.settings import (  # noqa: E402
     to_yaml,
     usage_error,
 )
-from pipelines.sweep_space import SweepConfig, grid_arguments, plan_sweep  # noqa: E402
+from pipelines.sweep.space import SweepConfig, grid_arguments, plan_sweep  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[SweepConfig, list[Layer], argparse.Namespace]:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return usage_error(exc)
     connect(args.address, log_level=args.log_level)
-    from pipelines.sweep import run_sweep
+    from pipelines.sweep.run import run_sweep
 
     try:
         result = run_sweep(cfg, sets)

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from pipelines.config import BuildConfig, SourceConfig  # noqa: E402
+from pipelines.build.config import BuildConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import (  # noqa: E402
     CONFIG_ROOT,
@@ -33,7 +33,8 @@ from pipelines.settings import (  # noqa: E402
     set_layers,
     usage_error,
 )
-from pipelines.sweep_space import SweepConfig  # noqa: E402
+from pipelines.sources.config import SourceConfig
+from pipelines.sweep.space import SweepConfig  # noqa: E402
 
 SCALES = ["nano-s", "nano", "nano-l"]
 
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build(out: str, shapes: int, seed: int) -> None:
     source = SourceConfig(kind="procedural", num_shapes=shapes, seed=seed)
     cfg = BuildConfig(output=out, teacher="minilm", num_points=1024, source=source)
-    from pipelines.build import run_build  # here: --help and argument errors come before the heavy imports
+    from pipelines.build.run import run_build  # here: --help and argument errors come before the heavy imports
 
     run_build(cfg, log=lambda line: print(line) if "shapes in" in line or "to build" in line else None)
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # the demo prints its own progress; errors still raise here
     import ray
 
-    from pipelines.sweep import run_sweep
+    from pipelines.sweep.run import run_sweep
 
     ray.data.DataContext.get_current().enable_progress_bars = False
 

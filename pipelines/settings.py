@@ -287,3 +287,11 @@ def job_main(main: Callable[..., Any]) -> Callable[..., Any]:
             return usage_error(exc)
 
     return wrapped
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply ``section.key=value`` strings to a (nested) config dataclass, each value validated against
+    its field's type (``pipelines.settings``): a bad one raises ``ConfigError`` naming the item."""
+    if not overrides:
+        return cfg
+    return resolve(type(cfg), [Layer("config", dataclasses.asdict(cfg)), *set_layers(overrides)])

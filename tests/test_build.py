@@ -18,8 +18,10 @@ import trimesh
 from conftest import SHARED, SMALL_BUILD, error_line, job_env
 from http_fixtures import FaultServer
 
-from pipelines.build_io import BuildStore
-from pipelines.schema import decode_embeddings, decode_points_batch, read_manifest, validate_table
+from pipelines.build.codec import decode_embeddings, decode_points_batch
+from pipelines.build.manifest import read_manifest
+from pipelines.build.schema import validate_table
+from pipelines.build.store import BuildStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +136,9 @@ def tasks_executed(ray_data_stats: str, operator: str) -> int:
 def test_pools_share_the_work_and_shards_land_while_shapes_are_still_sampled(
     all_actors_before_work: None, tmp_path: Path
 ) -> None:
-    from pipelines.build import run_build
-    from pipelines.config import BuildConfig, ResourceConfig, SourceConfig
+    from pipelines.build.config import BuildConfig, ResourceConfig
+    from pipelines.build.run import run_build
+    from pipelines.sources.config import SourceConfig
 
     total = 96
     cfg = BuildConfig(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.build_plan import (
+from pipelines.build.plan import (
     BLOCKS_HELD_PER_ACTOR,
     TASKS_PER_WORKER,
     bytes_per_shape,

@@ -15,17 +15,12 @@ import trimesh
 from conftest import SHARED
 from http_fixtures import FaultServer
 
-from pipelines.build import resume_state
-from pipelines.build_io import BuildStore
-from pipelines.download import DownloadError
-from pipelines.mesh import MeshError
-from pipelines.schema import (
-    error_is_transient,
-    failure_is_transient,
-    failure_row,
-    failures_to_table,
-    read_manifest,
-)
+from pipelines.build.failures import error_is_transient, failure_is_transient, failure_row, failures_to_table
+from pipelines.build.manifest import read_manifest
+from pipelines.build.run import resume_state
+from pipelines.build.store import BuildStore
+from pipelines.meshes.mesh import MeshError
+from pipelines.sources.download import DownloadError
 
 # The failures table as written before it had a ``transient`` column.
 OLD_FAILURES_SCHEMA = pa.schema(

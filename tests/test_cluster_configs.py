@@ -136,7 +136,9 @@ def test_dockerfile_is_rays_image_at_the_pinned_version() -> None:
 
 
 def test_dockerfile_installs_the_gl_libraries_the_renderer_asks_for() -> None:
-    hint = re.search(r'_EGL_HINT = "install ([^"(]+)\(Debian\)', (ROOT / "pipelines" / "render.py").read_text())[1]
+    hint = re.search(
+        r'_EGL_HINT = "install ([^"(]+)\(Debian\)', (ROOT / "pipelines" / "meshes" / "render.py").read_text()
+    )[1]
     apt = [
         c
         for instr, args in dockerfile()
@@ -198,7 +200,7 @@ def test_dockerignore_keeps_the_build_inputs_and_leaves_out_the_rest() -> None:
         )
 
     needed = ["pyproject.toml", "constraints.txt", "README.md", "uni3d/data/templates.txt", "jobs/pretrain.py"]
-    needed += ["configs/sweeps/scale-init.yaml", "pipelines/render.py", "uni3d/__init__.py"]
+    needed += ["configs/sweeps/scale-init.yaml", "pipelines/meshes/render.py", "uni3d/__init__.py"]
     assert not [p for p in needed if ignored(p)]
     assert all(ignored(p) for p in [".git/HEAD", ".venv/bin/python", "demo/build/x.parquet", "w/model.bin"])
 

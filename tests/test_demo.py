@@ -80,8 +80,8 @@ def _check_the_run(run: Path, log: list[dict]) -> None:
 
 
 def _check_the_restart(run: Path, log: list[dict], printed: list[str]) -> None:
-    from pipelines.train_config import TrainConfig
-    from pipelines.trainer import run_pretrain
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.driver import run_pretrain
 
     assert (run / "faults" / "exited-1@21").is_file()
     assert [m["start_step"] for m in log] == [0] * 8 + [16] * 16  # steps 18 and 20 of the failed attempt logged once

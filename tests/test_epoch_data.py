@@ -1,4 +1,4 @@
-"""A fresh global order every epoch, dealt to the workers and seeded by (seed, epoch): pipelines.epoch_data."""
+"""A fresh global order every epoch, dealt to the workers and seeded by (seed, epoch): pipelines.train.epochs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.epoch_data import EpochStream, Unit, deal, split_block
+from pipelines.train.epochs import EpochStream, Unit, deal, split_block
 
 ROWS = [64, 64, 64, 40, 64, 17]  # 313 training rows in six units of uneven size
 

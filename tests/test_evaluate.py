@@ -14,7 +14,7 @@ import torch
 from conftest import error_line
 
 import uni3d
-from pipelines.eval_sets import (
+from pipelines.evaluate.sets import (
     SCANOBJECTNN_CLASSES,
     EvalSet,
     EvalSetError,
@@ -23,8 +23,8 @@ from pipelines.eval_sets import (
     read_objaverse_lvis,
     read_scanobjectnn,
 )
-from pipelines.procedural import make_shape
-from pipelines.sampling import sample_points
+from pipelines.meshes.sampling import sample_points
+from pipelines.sources.procedural import make_shape
 from uni3d.fewshot import confusion_matrix, draw_shots, few_shot, fit_logistic_regression
 
 CATEGORIES = ["airplane", "chair", "table", "lamp"]
@@ -77,7 +77,7 @@ def test_official_files_read_with_their_colour_rules(tmp_path: Path) -> None:
     assert len(so.class_names) == 15 and so.class_names[4] == "chair" and len(so) == 6
     lv = read_objaverse_lvis(tmp_path)
     assert lv.class_names == CATEGORIES and lv.items.column("uid")[0].as_py() == "uid-airplane-0"
-    from pipelines.evaluation import _points
+    from pipelines.evaluate.run import _points
 
     with_colour = _points(lv.items.slice(0, 2))
     assert with_colour.shape == (2, 512, 6) and not (with_colour[..., 3:] == np.float32(0.4)).all()
@@ -187,7 +187,7 @@ def test_few_shot_runs_are_scikit_learns_logistic_regression_on_the_same_draws()
 
 
 def test_the_report_states_the_few_shot_protocol_and_what_was_left_out(tmp_path: Path) -> None:
-    from pipelines.evaluation import SetResult, write_reports
+    from pipelines.evaluate.run import SetResult, write_reports
 
     (fs,) = few_shot(np.eye(3)[[0, 0, 0, 1, 1, 1, 2]], np.array([0, 0, 0, 1, 1, 1, 2]), shots=(2,), seeds=2)
     result = SetResult("toy", 7, 3, 33.3, 50.0, 100.0, 100.0, 50.0, {"a": 50.0}, few_shot=[asdict(fs)])
@@ -202,8 +202,8 @@ def test_the_report_states_the_few_shot_protocol_and_what_was_left_out(tmp_path:
 @pytest.mark.slow
 def test_evaluate_official_sets_with_two_actors_is_exact(tmp_path: Path) -> None:
     from jobs.evaluate import main
-    from pipelines.eval_sets import read_modelnet40
-    from pipelines.evaluation import EvalConfig, _points, score
+    from pipelines.evaluate.run import EvalConfig, _points, score
+    from pipelines.evaluate.sets import read_modelnet40
 
     write_official(tmp_path / "eval")
     torch.manual_seed(0)
@@ -266,7 +266,7 @@ def test_reports_go_next_to_the_checkpoint_only_when_its_folder_is_writable(
     import ray
 
     from jobs.evaluate import main
-    from pipelines import evaluation
+    from pipelines.evaluate import run as evaluation
 
     ckpt = uni3d.save_checkpoint(uni3d.create_model("nano", embed_dim=384), tmp_path / "release")
     cfg = evaluation.EvalConfig(checkpoint=str(ckpt))

@@ -104,8 +104,8 @@ def test_a_name_that_is_not_in_the_cache_is_one_clear_error(hub_cache: Put, caps
 
 def test_classify_and_evaluate_take_a_hub_checkpoint(hub_cache: Put, released, capsys, tmp_path: Path) -> None:
     from jobs.classify import main as classify
-    from pipelines.config import EvalConfig
-    from pipelines.evaluation import report_location
+    from pipelines.evaluate.config import EvalConfig
+    from pipelines.evaluate.run import report_location
     from pipelines.settings import ConfigError
 
     hub_cache("me/uni3d-runs", {"nano": released[1]})
@@ -125,7 +125,8 @@ def test_an_open_clip_teacher_on_the_hub_embeds_as_the_same_weights_loaded_direc
 
     import open_clip
 
-    from uni3d.teachers import TINY_ARCHS, RandomOpenClipTeacher
+    from uni3d.open_clip_weights import TINY_ARCHS
+    from uni3d.teachers import RandomOpenClipTeacher
 
     base, overrides = TINY_ARCHS["tiny-ViT-32"]
     model_cfg = open_clip.get_model_config(base)

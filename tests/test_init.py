@@ -215,7 +215,7 @@ def test_resolve_makes_the_path_absolute(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_train_config_takes_init_and_refuses_bad_forms() -> None:
-    from pipelines.train_config import RESUME_KEYS, TrainConfig
+    from pipelines.train.config import RESUME_KEYS, TrainConfig
 
     assert TrainConfig(data="build").init == "scratch" and "init" in RESUME_KEYS
     with pytest.raises(ValueError, match="init 'dino' is not one of"):

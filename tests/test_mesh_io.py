@@ -14,8 +14,8 @@ from conftest import SHARED
 from PIL import Image
 from trimesh.visual.material import PBRMaterial
 
-from pipelines.mesh import NO_COLOR, MeshError
-from pipelines.mesh_io import MeshLimits, load_mesh
+from pipelines.meshes.load import MeshLimits, load_mesh
+from pipelines.meshes.mesh import NO_COLOR, MeshError
 
 MESHES = SHARED / "meshes"
 GOOD = sorted((MESHES / "real").glob("*.*")) + sorted((MESHES / "odd").glob("*.*"))

@@ -15,9 +15,9 @@ import pytest
 import trimesh
 from http_fixtures import FaultServer
 
-from pipelines.download import Downloader, DownloadError
-from pipelines.mesh import Mesh
-from pipelines.objaverse import (
+from pipelines.meshes.mesh import Mesh
+from pipelines.sources.download import Downloader, DownloadError
+from pipelines.sources.objaverse import (
     HF_BASE_URL,
     LVIS_ANNOTATIONS,
     OBJECT_PATHS,
@@ -28,7 +28,7 @@ from pipelines.objaverse import (
     load_objaverse_shape,
     shape_texts,
 )
-from pipelines.shapes import ShapeRef
+from pipelines.sources.shapes import ShapeRef
 
 TIMEOUT_S = 2.0  # generous: a loaded machine must never time out a normal answer (the "hang" fault always does)
 
@@ -298,8 +298,8 @@ def test_load_objaverse_shape(cfg: ObjaverseConfig) -> None:
 def test_downloads_go_to_node_local_scratch_when_the_build_is_in_object_storage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.config import SourceConfig
-    from pipelines.sources import objaverse_cache, objaverse_config
+    from pipelines.sources.config import SourceConfig
+    from pipelines.sources.dispatch import objaverse_cache, objaverse_config
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("UNI3D_CACHE", raising=False)
@@ -314,8 +314,8 @@ def test_downloads_go_to_node_local_scratch_when_the_build_is_in_object_storage(
 
 
 def test_hf_token_goes_to_the_hub_and_its_mirror_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.download import request_headers
-    from pipelines.objaverse import hf_base_url
+    from pipelines.sources.download import request_headers
+    from pipelines.sources.objaverse import hf_base_url
 
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -330,7 +330,7 @@ def test_hf_token_goes_to_the_hub_and_its_mirror_only(monkeypatch: pytest.Monkey
 
 
 def test_the_downloader_sends_the_token(cfg: ObjaverseConfig, server: FaultServer, monkeypatch: pytest.MonkeyPatch):
-    import pipelines.download as download
+    import pipelines.sources.download as download
 
     sent: list[str | None] = []
     real = download.request_headers
@@ -349,7 +349,7 @@ def test_the_downloader_sends_the_token(cfg: ObjaverseConfig, server: FaultServe
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_keep_downloads_false_deletes_each_glb_once_its_shape_is_loaded(cfg: ObjaverseConfig, keep: bool) -> None:
-    from pipelines.sources import materialise
+    from pipelines.sources.dispatch import materialise
 
     ref = next(r for r in list_objaverse(cfg, make(cfg)) if r.uid == uid(2))
     context = {"objaverse": cfg, "downloader": make(cfg), "keep_downloads": keep}

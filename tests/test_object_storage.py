@@ -19,8 +19,8 @@ from conftest import SHARED
 from s3_fixtures import LocalS3
 
 import uni3d
-from pipelines.run_log import read_metrics_lines
 from pipelines.storage import Location, local_copy
+from pipelines.train.run_log import read_metrics_lines
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -1,5 +1,6 @@
 """OpenShape source: split listing and path resolution, texts and their aligned embeddings, points, teacher
-match/mismatch, subsampling, per-file errors and the restricted unpickler (pipelines/openshape.py, docs/method.md §7).
+match/mismatch, subsampling, per-file errors and the restricted unpickler (pipelines/sources/openshape.py and
+openshape_files.py, docs/method.md §7).
 
 Files are written the way OpenShape's were: ``np.save`` of a dict, 10,000 points, 1280-d features."""
 
@@ -14,16 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.mesh import NO_COLOR, MeshError
-from pipelines.openshape import (
-    OPENSHAPE_TEACHER,
-    OpenShapeConfig,
-    list_openshape,
-    load_openshape_shape,
-    read_openshape_file,
-)
-from pipelines.schema import make_row
-from pipelines.shapes import ShapeRef
+from pipelines.build.schema import make_row
+from pipelines.meshes.mesh import NO_COLOR, MeshError
+from pipelines.sources.openshape import OpenShapeConfig, list_openshape, load_openshape_shape
+from pipelines.sources.openshape_files import OPENSHAPE_TEACHER, read_openshape_file
+from pipelines.sources.shapes import ShapeRef
 
 E = 1280
 N = 10_000

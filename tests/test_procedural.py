@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipelines.procedural import CATEGORIES, PALETTE, generate, make_shape
+from pipelines.sources.procedural import generate, make_shape
+from pipelines.sources.procedural_categories import CATEGORIES, PALETTE
 
 
 def test_at_least_twelve_distinct_categories() -> None:
@@ -121,8 +122,8 @@ def test_categories_are_geometrically_separable() -> None:
 
 @pytest.mark.parametrize("color_mode", ["material", "vertex"])
 def test_exported_glb_flows_through_the_project_loader_and_sampler(tmp_path: Path, color_mode: str) -> None:
-    from pipelines.mesh_io import load_mesh
-    from pipelines.sampling import sample_points
+    from pipelines.meshes.load import load_mesh
+    from pipelines.meshes.sampling import sample_points
 
     for category in ("chair", "tree", "car"):
         shape = make_shape(category, seed=5)

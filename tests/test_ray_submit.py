@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ["jobs/pretrain.py", "jobs/build_dataset.py", "pipelines/trainer.py", "uni3d/encoder.py"]
+CODE = ["jobs/pretrain.py", "jobs/build_dataset.py", "pipelines/train/driver.py", "uni3d/encoder.py"]
 CODE += ["uni3d/data/templates.txt", "configs/recipes/cpu.yaml", "configs/sweeps/demo.yaml", "pyproject.toml"]
 
 

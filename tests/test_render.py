@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipelines.mesh import NO_COLOR, Mesh, MeshError
-from pipelines.render import RenderConfig, Renderer, RenderError, camera_poses, intrinsics
+from pipelines.meshes.cameras import RenderConfig, camera_poses, intrinsics
+from pipelines.meshes.mesh import NO_COLOR, Mesh, MeshError
+from pipelines.meshes.render import Renderer, RenderError
 
 CFG = RenderConfig(num_views=6, size=96)
 WHITE = np.array([255, 255, 255])

@@ -13,7 +13,7 @@ import torch
 from conftest import SHARED
 
 import uni3d
-from pipelines.query import parse_labels, what_is_this
+from pipelines.evaluate.query import parse_labels, what_is_this
 from uni3d.retrieval import recall_at_k, search
 
 LABELS = json.loads((SHARED / "meshes" / "labels.json").read_text())
@@ -51,7 +51,7 @@ def test_label_lists_come_from_text_files_or_benchmarks_and_may_not_be_empty(tmp
 
 
 def test_what_is_this_ranks_labels_and_refuses_a_teacher_of_another_size() -> None:
-    from pipelines.query import mesh_points
+    from pipelines.evaluate.query import mesh_points
 
     model = uni3d.create_model("nano", embed_dim=384)
     points = mesh_points([SHARED / "meshes" / "real" / "cow.off"], 512)
@@ -89,7 +89,7 @@ def gallery(ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 @pytest.mark.ray
 def test_embed_writes_a_gallery_records_broken_files_and_resumes(gallery: tuple[Path, Path], capsys) -> None:
     from jobs.embed import main
-    from pipelines.gallery import read_gallery
+    from pipelines.evaluate.gallery import read_gallery
 
     out, ckpt = gallery
     g = read_gallery(str(out))

@@ -17,9 +17,9 @@ import pytest
 from conftest import SHARED
 from PIL import Image
 
-from pipelines.mesh import NO_COLOR, Mesh
-from pipelines.mesh_io import load_mesh
-from pipelines.sampling import bilinear_lookup, normalize_unit_sphere, sample_points
+from pipelines.meshes.load import load_mesh
+from pipelines.meshes.mesh import NO_COLOR, Mesh
+from pipelines.meshes.sampling import bilinear_lookup, normalize_unit_sphere, sample_points
 
 MESHES = SHARED / "meshes"
 GOOD = sorted((MESHES / "real").glob("*.*")) + sorted((MESHES / "odd").glob("*.*"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import BuildConfig, apply_overrides
-from pipelines.recipes import get_recipe, recipe_names
-from pipelines.settings import ConfigError, Layer, file_layer, resolve, set_layers
-from pipelines.train_config import TrainConfig, make_config
+from pipelines.build.config import BuildConfig
+from pipelines.settings import ConfigError, Layer, apply_overrides, file_layer, resolve, set_layers
+from pipelines.train.config import TrainConfig, make_config
+from pipelines.train.recipes import get_recipe, recipe_names
 
 
 def build_config(*sets: str) -> BuildConfig:

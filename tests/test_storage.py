@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from s3_fixtures import LocalS3
 
-from pipelines.run_log import RunLog, read_metrics_lines
 from pipelines.storage import Location, is_uri, local_copy, local_output
+from pipelines.train.run_log import RunLog, read_metrics_lines
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,4 +1,4 @@
-"""DeepSpeed in bf16 (pipelines.strategy): fp32 masters exported, fp32 BatchNorm statistics, fp32 logit scale.
+"""DeepSpeed in bf16 (pipelines.train.strategy): fp32 masters exported, fp32 BatchNorm statistics, fp32 logit scale.
 
 DeepSpeed runs in a child process with a one-rank gloo group (on the CPU accelerator), so the test's
 process keeps no torch.distributed state.
@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     import sys, torch, torch.distributed as dist
     import deepspeed
     import uni3d
-    from pipelines.strategy import DeepSpeedEngine, vector_logit_scale_
+    from pipelines.train.strategy import DeepSpeedEngine, vector_logit_scale_
     from uni3d.loss import Uni3DLoss
     from uni3d.optim import OptimConfig, build_optimizer, set_lr
 

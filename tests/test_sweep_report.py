@@ -1,4 +1,4 @@
-"""The sweep report (pipelines/sweep_report.py) and the model costs it shows (uni3d/cost.py)."""
+"""The sweep report (pipelines/sweep/report.py) and the model costs it shows (uni3d/cost.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import uni3d
-from pipelines.sweep_report import (
-    PLOTS,
-    TrialRecord,
-    read_metrics_file,
-    short_init,
-    summarise_metrics,
-    write_report,
-)
+from pipelines.sweep.report import PLOTS, TrialRecord, read_metrics_file, short_init, summarise_metrics, write_report
 from uni3d.presets import OFFICIAL_PARAM_COUNTS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
-from pipelines.sweep import ResumableASHA
+from pipelines.sweep.run import ResumableASHA
 
 
 def _asha(state: Path) -> ResumableASHA:

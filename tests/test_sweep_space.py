@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import uni3d
-from pipelines.schema import Manifest
+from pipelines.build.manifest import Manifest
 from pipelines.settings import ConfigError, set_layers
-from pipelines.sweep_space import SweepConfig, fill_templates, grid_arguments, parse_space, plan_sweep
+from pipelines.sweep.space import SweepConfig, fill_templates, grid_arguments, parse_space, plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def test_lists_become_choices_for_random_and_optuna_search(build: Path, tmp_path
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from pipelines.sweep import _searcher, tune_space
+    from pipelines.sweep.run import _searcher, tune_space
 
     cfg = sweep(build, tmp_path, space={"model": ["nano", "nano-s"], "lr": {"loguniform": [1e-4, 1e-2]}})
     plan = plan_sweep(cfg, [])

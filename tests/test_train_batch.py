@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.schema import VERSION_KEY, make_row, rows_to_table
-from pipelines.train_batch import TrainBatchConfig, draw_text, make_train_batch
+from pipelines.build.schema import VERSION_KEY, make_row, rows_to_table
+from pipelines.train.batch import TrainBatchConfig, draw_text, make_train_batch
 
 E = 16
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 import uni3d
-from pipelines.heldout import SEEN, UNSEEN, HeldOut, make_heldout, sample_parts, zero_shot_counts
-from pipelines.recipes import recipe_names
-from pipelines.schema import make_row, rows_to_table
-from pipelines.splits import drop_holdout, holdout_mask, keep_holdout, sample_order, train_filter_kwargs
-from pipelines.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
-from pipelines.train_batch import TrainBatchConfig
-from pipelines.train_config import TrainConfig, make_config
-from pipelines.trainer import check_resume, text_groups_warning
-from pipelines.training import NonFiniteGuard, NonFiniteLoss, train_step
+from pipelines.build.schema import make_row, rows_to_table
+from pipelines.build.splits import drop_holdout, holdout_mask, keep_holdout, sample_order, train_filter_kwargs
+from pipelines.evaluate.heldout import SEEN, UNSEEN, HeldOut, make_heldout, sample_parts, zero_shot_counts
+from pipelines.train.batch import TrainBatchConfig
+from pipelines.train.config import TrainConfig, make_config
+from pipelines.train.driver import check_resume, text_groups_warning
+from pipelines.train.loop import NonFiniteGuard, NonFiniteLoss, train_step
+from pipelines.train.recipes import recipe_names
+from pipelines.train.strategy import DDPEngine, scalar_logit_scale, vector_logit_scale_
 from uni3d.loss import Uni3DLoss
 from uni3d.optim import OptimConfig
 

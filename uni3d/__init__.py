@@ -31,11 +31,10 @@ _EXPORTS = {
         "OpenClipTeacher",
         "RandomOpenClipTeacher",
         "Teacher",
-        "TeacherConfig",
         "build_teacher",
-        "parse_teacher",
         "shared_teacher",
     ],
+    "teacher_spec": ["TeacherConfig", "parse_teacher"],
     "zeroshot": [
         "build_zero_shot_classifier",
         "load_templates",
@@ -53,14 +52,13 @@ if TYPE_CHECKING:
     from uni3d.encoder import PointEncoder, Uni3D
     from uni3d.init import InitSpec, apply_init, check_init, init_config, load_2d_weights, parse_init
     from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS, EncoderConfig, get_preset
+    from uni3d.teacher_spec import TeacherConfig, parse_teacher
     from uni3d.teachers import (
         MiniLMTeacher,
         OpenClipTeacher,
         RandomOpenClipTeacher,
         Teacher,
-        TeacherConfig,
         build_teacher,
-        parse_teacher,
         shared_teacher,
     )
     from uni3d.zeroshot import (

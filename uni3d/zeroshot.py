@@ -9,7 +9,7 @@ embeddings and class embeddings; accuracy is top-1/3/5 over samples.
 
 Class names go into the templates exactly as given, never cleaned here: the official evaluation prompts the
 names of its ``data/labels.json``, which keeps Objaverse-LVIS's underscores ("Band_Aid") and spells
-ModelNet40's shape names with spaces ("flower pot"); ``pipelines.eval_sets`` picks those names per benchmark.
+ModelNet40's shape names with spaces ("flower pot"); ``pipelines.evaluate.sets`` picks those names per benchmark.
 
 Layout: the classifier is ``(C, E)``, one unit row per class (like a teacher's ``(n, E)`` output), and
 logits are ``(N, C)``. Everything is torch; numpy inputs are converted.
