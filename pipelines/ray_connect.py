@@ -121,14 +121,28 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("uni3d").setLevel(level)
 
 
+def data_progress(ray_tqdm: bool | None = None) -> bool:
+    """How Ray Data shows progress from this process on: tqdm bars where a person watches a terminal, plain log lines
+    in CI and under ``ray job submit`` (stdout is not a terminal there). Ray Data logs lines on a non-interactive
+    driver by itself, but a dataset that runs inside a Ray worker (a sweep trial's) draws tqdm bars into the
+    driver's log unless ``use_ray_tqdm`` is off. ``None``: as this process's stdout. Returns the setting, which a
+    job hands to the workers that run datasets (``pipelines.sweep.run.TrialSpec``)."""
+    from ray.data import DataContext
+
+    ray_tqdm = sys.stdout.isatty() if ray_tqdm is None else ray_tqdm
+    DataContext.get_current().use_ray_tqdm = ray_tqdm
+    return ray_tqdm
+
+
 def connect(address: str | None = None, *, worker_logs: bool = True, log_level: str = "INFO") -> None:
-    """``ray.init`` once per process; a no-op when Ray is already initialised (tests, notebooks)."""
+    """``ray.init`` once per process (already initialised: tests, notebooks, it joins that Ray), and Ray Data's
+    progress output as this process's stdout allows (``data_progress``)."""
     import ray  # here: a job's --help and its argument errors come before Ray is imported
 
     setup_logging(log_level)
-    if ray.is_initialized():
-        return
-    address = resolve_address(address)
-    if address in (None, "local"):
-        size_for_this_machine()
-    ray.init(address=address, log_to_driver=worker_logs, logging_config=ray.LoggingConfig(log_level=log_level))
+    if not ray.is_initialized():
+        address = resolve_address(address)
+        if address in (None, "local"):
+            size_for_this_machine()
+        ray.init(address=address, log_to_driver=worker_logs, logging_config=ray.LoggingConfig(log_level=log_level))
+    data_progress()

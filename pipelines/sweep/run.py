@@ -31,10 +31,12 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.data import DataContext
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import TrialScheduler
 
 from pipelines import faults
+from pipelines.ray_connect import data_progress
 from pipelines.settings import ConfigError, Layer
 from pipelines.storage import Location, is_uri
 from pipelines.sweep.report import TrialRecord, read_metrics_file, summarise_metrics, write_report
@@ -65,6 +67,7 @@ class TrialSpec:
     sets: tuple[Layer, ...]  # the command line's --set items for every trial
     fields: tuple[str, ...]  # the swept fields
     prepared: tuple[DataPrep, ...] = ()  # counts and held-out splits, made once by the driver
+    ray_tqdm: bool = True  # Ray Data's tqdm bars from the trials: off when the driver's stdout is not a terminal
 
 
 def run_name(sweep: SweepConfig, params: dict[str, Any], trial_id: str) -> str:
@@ -75,6 +78,7 @@ def run_name(sweep: SweepConfig, params: dict[str, Any], trial_id: str) -> str:
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """One trial (a Tune function trainable): a pretraining run with the trial's values."""
     trial_id = tune.get_context().get_trial_id()
+    data_progress(spec.ray_tqdm)  # a trial's own datasets (its training rows) report as the driver's do
     params = {k: config[k] for k in spec.fields}
     name = run_name(spec.sweep, params, trial_id)
     cfg = trial_config(spec.sweep, params, list(spec.sets), name)
@@ -265,7 +269,8 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     (cfg.folder / "sweep.json").write_text(json.dumps(_describe(cfg, sets), indent=2))
     # Shape counts and the held-out split (its class names embedded by the teacher) once, not once per trial.
     prepared = tuple(prepare_data(train) for train in plan.by_data.values())
-    spec = TrialSpec(cfg, tuple(sets), tuple(a.field for a in plan.axes), prepared)
+    ray_tqdm = DataContext.get_current().use_ray_tqdm  # as the job's connect() set it
+    spec = TrialSpec(cfg, tuple(sets), tuple(a.field for a in plan.axes), prepared, ray_tqdm)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": cfg.trial_cpus})
     reporter = ReportCallback(cfg, spec, plan, log)
     # Each run writes its own TensorBoard events (with hparams): Tune's TensorBoard logger would add a second,
