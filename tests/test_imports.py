@@ -49,3 +49,37 @@ def test_a_jobs_help_shows_its_examples_and_imports_nothing_heavy(job: str) -> N
     assert done.stdout.strip().endswith("imported: []"), done.stdout[-500:]
     assert "usage: " in done.stdout and "    python jobs/" in done.stdout  # the docstring's examples
     assert "--set" in done.stdout or job in ("classify.py", "search.py")  # the two without config fields
+
+
+# pipelines/ by stage, bottom to top (README "Layout"): a module imports only its own stage, the stages below it,
+# the ground floor (settings, storage, faults, ray_connect) and uni3d; uni3d imports no pipelines and no Ray.
+STAGES = ("meshes", "sources", "build", "evaluate", "train", "sweep")
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_pipelines_imports_run_only_down_the_stages_and_uni3d_stays_ray_free() -> None:
+    root = Path(__file__).resolve().parents[1]
+    upward = []
+    for path in sorted((root / "pipelines").rglob("*.py")):
+        parts = path.relative_to(root / "pipelines").parts
+        level = STAGES.index(parts[0]) if len(parts) > 1 else -1
+        for module in _imports(path):
+            names = module.split(".")
+            if names[0] == "pipelines" and len(names) > 1 and names[1] in STAGES and STAGES.index(names[1]) > level:
+                upward.append(f"{path.relative_to(root)} imports {module}")
+    assert not upward, upward
+    flat = [p.name for p in (root / "pipelines").glob("*.py")]
+    assert sorted(flat) == ["__init__.py", "faults.py", "ray_connect.py", "settings.py", "storage.py"]
+    library = [(p.name, m) for p in (root / "uni3d").rglob("*.py") for m in _imports(p)]
+    assert not [(f, m) for f, m in library if m.split(".")[0] in ("pipelines", "ray", "jobs")]
