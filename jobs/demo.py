@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines.build.config import BuildConfig  # noqa: E402
 from pipelines.build.splits import SEEN_PART, UNSEEN_PART  # noqa: E402
-from pipelines.evaluate.config import EvalConfig
+from pipelines.evaluate.config import EvalConfig  # noqa: E402
 from pipelines.ray_connect import add_log_level, connect  # noqa: E402
 from pipelines.settings import add_set_argument, apply_overrides, job_main  # noqa: E402
-from pipelines.sources.config import SourceConfig
+from pipelines.sources.config import SourceConfig  # noqa: E402
 from pipelines.train.config import make_config  # noqa: E402
 
 

@@ -33,7 +33,7 @@ from pipelines.settings import (  # noqa: E402
     set_layers,
     usage_error,
 )
-from pipelines.sources.config import SourceConfig
+from pipelines.sources.config import SourceConfig  # noqa: E402
 from pipelines.sweep.space import SweepConfig  # noqa: E402
 
 SCALES = ["nano-s", "nano", "nano-l"]

@@ -202,7 +202,8 @@ def test_the_report_states_the_few_shot_protocol_and_what_was_left_out(tmp_path:
 @pytest.mark.slow
 def test_evaluate_official_sets_with_two_actors_is_exact(tmp_path: Path) -> None:
     from jobs.evaluate import main
-    from pipelines.evaluate.run import EvalConfig, _points, score
+    from pipelines.evaluate.config import EvalConfig
+    from pipelines.evaluate.run import _points, score
     from pipelines.evaluate.sets import read_modelnet40
 
     write_official(tmp_path / "eval")
@@ -267,9 +268,10 @@ def test_reports_go_next_to_the_checkpoint_only_when_its_folder_is_writable(
 
     from jobs.evaluate import main
     from pipelines.evaluate import run as evaluation
+    from pipelines.evaluate.config import EvalConfig
 
     ckpt = uni3d.save_checkpoint(uni3d.create_model("nano", embed_dim=384), tmp_path / "release")
-    cfg = evaluation.EvalConfig(checkpoint=str(ckpt))
+    cfg = EvalConfig(checkpoint=str(ckpt))
     assert evaluation.report_location(cfg).path == str(ckpt / "eval")
     monkeypatch.setattr(evaluation, "_writable", lambda path: False)  # a read-only volume (chmod means nothing to root)
     started = ray.is_initialized()
@@ -277,5 +279,5 @@ def test_reports_go_next_to_the_checkpoint_only_when_its_folder_is_writable(
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: the checkpoint's folder {ckpt} is not writable: give --out DIR for the reports"]
     assert ray.is_initialized() == started  # refused before Ray starts
-    cfg = evaluation.EvalConfig(checkpoint=str(ckpt), out=str(tmp_path / "reports"))
+    cfg = EvalConfig(checkpoint=str(ckpt), out=str(tmp_path / "reports"))
     assert evaluation.report_location(cfg).path == str(tmp_path / "reports")

@@ -14,7 +14,8 @@ from conftest import SHARED
 from PIL import Image
 from trimesh.visual.material import PBRMaterial
 
-from pipelines.meshes.load import MeshLimits, load_mesh
+from pipelines.meshes.guard import MeshLimits
+from pipelines.meshes.load import load_mesh
 from pipelines.meshes.mesh import NO_COLOR, MeshError
 
 MESHES = SHARED / "meshes"

@@ -13,8 +13,16 @@ import torch
 
 import uni3d
 from pipelines.build.schema import make_row, rows_to_table
-from pipelines.build.splits import drop_holdout, holdout_mask, keep_holdout, sample_order, train_filter_kwargs
-from pipelines.evaluate.heldout import SEEN, UNSEEN, HeldOut, make_heldout, sample_parts, zero_shot_counts
+from pipelines.build.splits import (
+    SEEN,
+    UNSEEN,
+    drop_holdout,
+    holdout_mask,
+    keep_holdout,
+    sample_order,
+    train_filter_kwargs,
+)
+from pipelines.evaluate.heldout import HeldOut, make_heldout, sample_parts, zero_shot_counts
 from pipelines.train.batch import TrainBatchConfig
 from pipelines.train.config import TrainConfig, make_config
 from pipelines.train.driver import check_resume, text_groups_warning

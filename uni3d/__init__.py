@@ -26,6 +26,7 @@ _EXPORTS = {
     "encoder": ["PointEncoder", "Uni3D"],
     "init": ["InitSpec", "apply_init", "check_init", "init_config", "load_2d_weights", "parse_init"],
     "presets": ["OFFICIAL_PARAM_COUNTS", "PRESETS", "EncoderConfig", "get_preset"],
+    "teacher_spec": ["TeacherConfig", "parse_teacher"],
     "teachers": [
         "MiniLMTeacher",
         "OpenClipTeacher",
@@ -34,7 +35,6 @@ _EXPORTS = {
         "build_teacher",
         "shared_teacher",
     ],
-    "teacher_spec": ["TeacherConfig", "parse_teacher"],
     "zeroshot": [
         "build_zero_shot_classifier",
         "load_templates",

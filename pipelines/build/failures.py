@@ -15,7 +15,7 @@ from pipelines.build.schema import FAILURES_SCHEMA, STAGES
 
 
 def failure_row(uid: str, source: str, stage: str, error: BaseException, max_chars: int = 2000) -> dict[str, Any]:
-    """One row of :data:`FAILURES_SCHEMA` for ``error`` raised while processing ``uid`` at ``stage``."""
+    """One row of :data:`~pipelines.build.schema.FAILURES_SCHEMA`: ``error`` raised for ``uid`` at ``stage``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
     message = str(error)[:max_chars]

@@ -2,8 +2,8 @@
 their validation (docs/method.md §1 input, §5 texts and views, §7 data).
 
 One row is one shape: its uid, source, category and candidate texts (docs/method.md §5: name/metadata text, captions,
-retrieval texts) with the group of each text (:data:`TEXT_GROUPS`: the loss draws a group, then a text in it),
-``N`` surface points ``(N, 6)`` (xyz in the unit sphere, rgb in [0, 1], docs/method.md §1) and the
+retrieval texts) with the group of each text (:data:`~pipelines.sources.shapes.TEXT_GROUPS`: the loss draws a group,
+then a text in it), ``N`` surface points ``(N, 6)`` (xyz in the unit sphere, rgb in [0, 1], docs/method.md §1) and the
 frozen teacher's embeddings of its ``K`` rendered views and ``T = len(texts)`` texts. Arrays are stored as
 ``binary`` cells so that one ``np.frombuffer`` over a column's data buffer decodes a whole batch:
 
@@ -156,7 +156,8 @@ def make_row(
 
 
 def encode_text_groups(groups: Sequence[int | str] | None, num_texts: int) -> list[int]:
-    """Group names or indices -> indices into :data:`TEXT_GROUPS`, one per text; None: all "name"."""
+    """Group names or indices -> indices into :data:`~pipelines.sources.shapes.TEXT_GROUPS`, one per text; None: all
+    "name"."""
     if groups is None:
         return [0] * num_texts
     if isinstance(groups, str) or len(groups) != num_texts:

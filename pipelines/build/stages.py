@@ -59,7 +59,7 @@ WORK_COLUMNS: dict[str, pa.DataType] = {
     "error_stage": pa.string(),
     "error_type": pa.string(),
     "error_message": pa.string(),
-    "error_transient": pa.bool_(),  # schema.error_is_transient: a re-run may pass it
+    "error_transient": pa.bool_(),  # failures.error_is_transient: a re-run may pass it
     "seconds": pa.map_(pa.string(), pa.float64()),  # per-stage wall time of this row
     "shape_worker": pa.string(),  # the ShapeWorker actor that did the row, and its node
     "shape_node": pa.string(),
@@ -142,7 +142,7 @@ class ShapeWorker:
         self.image_size = image_size
         self.worker, self.node = worker_identity()
         if "objaverse" in self.context:
-            from pipelines.sources.objaverse import Downloader
+            from pipelines.sources.download import Downloader
 
             self.context["downloader"] = Downloader(self.context["objaverse"])
 

@@ -12,7 +12,7 @@ as bytes, or ``path``: an OpenShape ``.npy`` loaded when embedded) plus the clas
   and OpenShape-format ``.npy`` files, with their colour.
 - A build: its labelled held-out split (``pipelines.build.splits``), or all its labelled rows.
 
-Every file goes through the restricted unpickler of ``pipelines.sources.openshape``; xyz is normalised to the unit
+Every file goes through the restricted unpickler of ``pipelines.sources.openshape_files``; xyz is normalised to the unit
 sphere.
 
 Prompted names (``EvalSet.prompts``, what the 64 templates receive) are those of the official Uni3D evaluation

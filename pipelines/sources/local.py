@@ -31,7 +31,7 @@ def list_local(cfg: SourceConfig) -> Iterator[ShapeRef]:
         yield ShapeRef(uid=uid, source="local", locator=str(path), category=category, texts=texts, text_groups=groups)
 
 
-# Metadata keys of the three text groups (schema.TEXT_GROUPS): names/tags, captions, retrieval texts.
+# Metadata keys of the three text groups (shapes.TEXT_GROUPS): names/tags, captions, retrieval texts.
 METADATA_TEXT_KEYS = {"texts": 0, "captions": 1, "retrieval_texts": 2}
 
 

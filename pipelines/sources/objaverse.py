@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipelines.meshes.load import DEFAULT_LIMITS, MeshLimits, load_mesh
+from pipelines.meshes.guard import DEFAULT_LIMITS, MeshLimits
+from pipelines.meshes.load import load_mesh
 from pipelines.meshes.mesh import Mesh
 from pipelines.sources.download import DownloadConfig, Downloader
 from pipelines.sources.shapes import ShapeRef

@@ -4,8 +4,8 @@ OpenShape (Liu et al., NeurIPS 2023) ships one ``.npy`` per shape, the data Uni3
 dict with ``xyz`` / ``rgb`` (10,000 points), ``image_feat`` (12 rendered views) and texts (``text`` =
 metadata names, ``blip_caption``, ``msft_caption``, ``retrieval_text``) with their ``*_feat`` embeddings, all
 from OpenCLIP ViT-bigG-14. ``list_openshape`` reads a split file (``train_all.json`` / ``train_no_lvis.json``)
-without opening shape files; ``load_openshape_shape`` turns one file into a ``ShapeData``. Decisions, after
-OpenShape's ``src/data.py`` and Uni3D's ``data/datasets.py``:
+without opening shape files; ``load_openshape_shape`` turns one file into a ``ShapeData``, decoding it with
+``pipelines.sources.openshape_files``. Decisions, after OpenShape's ``src/data.py`` and Uni3D's ``data/datasets.py``:
 
 - Files go through ``read_openshape_file``, a restricted unpickler that builds only numpy arrays, dtypes and
   scalars; any other global a file names (``os.system``, ...) raises ``MeshError`` before it can be called.

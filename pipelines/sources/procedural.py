@@ -31,7 +31,7 @@ class ProceduralShape:
     category: str
     caption: str
     texts: list[str]  # the caption, then a coloured object name ("red chair")
-    text_groups: list[int]  # per text, its group (schema.TEXT_GROUPS index: 0 name, 1 caption, 2 retrieval)
+    text_groups: list[int]  # per text, its group (shapes.TEXT_GROUPS index: 0 name, 1 caption, 2 retrieval)
     attributes: dict[str, Any]  # "color" is the main colour; the rest depends on the category
     parts: list[Part] = field(repr=False)
 
@@ -93,7 +93,7 @@ def make_shape(category: str, seed: int) -> ProceduralShape:
         category=category,
         caption=caption,
         texts=texts,
-        text_groups=[1, 0],  # schema.TEXT_GROUPS: caption, name
+        text_groups=[1, 0],  # shapes.TEXT_GROUPS: caption, name
         attributes=attributes,
         parts=parts,
     )

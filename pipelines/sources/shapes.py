@@ -31,7 +31,7 @@ class ShapeRef:
     category: str = ""  # "" when unknown
     texts: list[str] = field(default_factory=list)  # candidate texts; the plain category name among them
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific, JSON-serialisable
-    text_groups: list[int] = field(default_factory=list)  # per text, schema.TEXT_GROUPS index; [] = all "name"
+    text_groups: list[int] = field(default_factory=list)  # per text, TEXT_GROUPS index; [] = all "name"
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -63,7 +63,7 @@ class ShapeData:
     has_color: bool
     mesh: Mesh | None = None  # what the renderer draws; None when the source ships only points
     texts: list[str] | None = None  # replaces the ref's texts when the source only knows them now
-    text_groups: list[int] | None = None  # with texts: the group of each (schema.TEXT_GROUPS index)
+    text_groups: list[int] | None = None  # with texts: the group of each (TEXT_GROUPS index)
     view_embeddings: np.ndarray | None = None  # (K, E) precomputed by the source, with its teacher
     text_embeddings: np.ndarray | None = None  # (T, E) precomputed, one per text
     teacher: str = ""  # the teacher name the precomputed embeddings were made with

@@ -15,7 +15,7 @@ Trials without an evaluation yet are in the tables but not in the pictures; a pi
 says so.
 
 ``read_metrics_file`` and ``summarise_metrics`` turn a pretraining run's ``metrics.jsonl`` (written by
-``pipelines.train.loop``) into a trial's curve, best and final accuracies and steps.
+``pipelines.train.run_log``) into a trial's curve, best and final accuracies and steps.
 """
 
 from __future__ import annotations
