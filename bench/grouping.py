@@ -1,14 +1,20 @@
-"""Benchmark: FPS + kNN grouping on the CPU (B=16 clouds, N=10,000 points, 512 groups of 64).
+"""Benchmark: FPS + kNN grouping on one CPU core (B=16 clouds, N=10,000 points, 512 groups of 64).
 
-Compares, in one run on the same clouds:
-- ours: the batched, fused FPS+kNN of ``uni3d.tokenizer`` (official FPS semantics);
+Compares, in one run on the same clouds, with torch on one thread:
+- ours, CPU kernel: ``uni3d.grouping_cpu`` (numba, one cloud at a time; grid cells prune FPS updates and
+  bound the kNN search), official FPS semantics;
+- ours, torch loop: the batched, fused FPS+kNN of ``uni3d.tokenizer`` (what GPUs run), official semantics;
 - baseline: a straightforward per-cloud loop, the pure-PyTorch FPS found in point-cloud repos
   (per step: distances, masked update, arg-max) with the official near-origin rule, followed by
   a kNN over the full distance matrix;
-- fpsample: the ``fpsample`` package's exact FPS per cloud (its own start/tie rules, no near-origin
-  rule, so not official semantics) plus the same kNN, for reference when it is installed.
+- fpsample: the ``fpsample`` package's bucket FPS per cloud plus the same kNN, for reference when it is
+  installed. It is not the official sequence: its ``start_idx`` picks the point at that position after it has
+  sorted the points into its tree, so it starts elsewhere than index 0, and it has no near-origin rule.
 
-Usage: ``python bench/grouping.py [--batch 16] [--points 10000] [--groups 512] [--group-size 64]``
+Before timing, the script checks that the CPU kernel, the torch loop and the baseline choose identical centres
+on every cloud, and that the kernel's groups hold the torch loop's points.
+
+Usage: ``python bench/grouping.py [--batch 16] [--points 10000] [--groups 512] [--group-size 64] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -73,16 +79,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--groups", type=int, default=512)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU kernel uses one)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     g = torch.Generator().manual_seed(0)
     xyz = torch.randn(args.batch, args.points, 3, generator=g)
     xyz = xyz / xyz.norm(dim=-1, keepdim=True).amax(1, keepdim=True)
     pc = torch.cat([xyz, torch.rand(args.batch, args.points, 3, generator=g)], -1)
 
-    # Same centres as the per-cloud loop (official semantics), checked before timing.
-    ours_idx, _ = farthest_point_sample(pc[:2, :, :3], args.groups)
-    assert all(torch.equal(ours_idx[b], loop_fps(pc[b, :, :3], args.groups)) for b in range(2))
+    # Same centres as the per-cloud loop (official semantics), and the same groups, checked before timing.
+    torch_idx, torch_nbrs = farthest_point_sample(pc[..., :3], args.groups, knn=args.group_size, backend="torch")
+    assert all(torch.equal(torch_idx[b], loop_fps(pc[b, :, :3], args.groups)) for b in range(args.batch))
+    cpu_idx, cpu_nbrs = farthest_point_sample(pc[..., :3], args.groups, knn=args.group_size, backend="cpu")
+    assert torch.equal(cpu_idx, torch_idx), "the CPU kernel chose other centres"
+    assert torch.equal(cpu_nbrs.sort(-1).values, torch_nbrs.sort(-1).values), "the CPU kernel formed other groups"
 
     results = {
         "machine": machine(),
@@ -92,14 +103,16 @@ def main(argv: list[str] | None = None) -> dict:
         "group_size": args.group_size,
     }
     runs = {
-        "ours (batched, fused FPS+kNN)": lambda: group_points(pc, args.groups, args.group_size),
-        "ours, FPS only": lambda: farthest_point_sample(pc[..., :3], args.groups),
+        "ours, CPU kernel (numba, per cloud, FPS+kNN)": lambda: group_points(pc, args.groups, args.group_size, "cpu"),
+        "ours, CPU kernel, FPS only": lambda: farthest_point_sample(pc[..., :3], args.groups, backend="cpu"),
+        "ours, torch loop (batched, fused FPS+kNN)": lambda: group_points(pc, args.groups, args.group_size, "torch"),
+        "ours, torch loop, FPS only": lambda: farthest_point_sample(pc[..., :3], args.groups, backend="torch"),
         "baseline (per-cloud loop)": lambda: baseline(pc, args.groups, args.group_size),
     }
     try:
         import fpsample  # noqa: F401
 
-        runs["fpsample kdline FPS + kNN (not official semantics)"] = lambda: with_fpsample(
+        runs["fpsample bucket FPS (kd-line, h=7) + kNN (not the official sequence)"] = lambda: with_fpsample(
             pc, args.groups, args.group_size
         )
     except ImportError:

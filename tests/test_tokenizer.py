@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -10,58 +12,68 @@ from official_reference import kernel_fps
 
 from uni3d.tokenizer import MiniPointNet, PatchDropout, farthest_point_sample, group_points
 
+HAS_NUMBA = importlib.util.find_spec("numba") is not None  # the CPU kernel: the [cpu] extra (in make setup's [all])
+BACKENDS = ["torch", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed"))]
 
-def test_fps_on_a_line_picks_ends_then_middles() -> None:
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_on_a_line_picks_ends_then_middles(backend: str) -> None:
     # Points at x = 1..5 on a line: start at index 0 (x=1), farthest is x=5, then x=3 (ties
     # between x=2 and x=4 are broken later; x=3 is strictly the farthest from {1, 5}).
     xyz = torch.tensor([[[1.0, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0], [5, 0, 0]]])
-    idx, _ = farthest_point_sample(xyz, 3)
+    idx, _ = farthest_point_sample(xyz, 3, backend=backend)
     assert idx.tolist() == [[0, 4, 2]]
 
 
-def test_fps_skips_points_near_the_origin() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_skips_points_near_the_origin(backend: str) -> None:
     # Index 1 sits at |p|² = 1e-4 <= 1e-3: the official kernel never chooses it, although it is
     # the farthest from the start point (5, 0, 0); (1, 1, 0) is chosen instead.
     xyz = torch.tensor([[[5.0, 0, 0], [0.01, 0, 0], [1, 1, 0], [4, 0, 0]]])
-    idx, _ = farthest_point_sample(xyz, 3)
+    idx, _ = farthest_point_sample(xyz, 3, backend=backend)
     assert idx[0, :2].tolist() == [0, 2]
     assert 1 not in idx[0].tolist()
 
 
-def test_fps_starts_at_index_zero_even_near_origin() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_starts_at_index_zero_even_near_origin(backend: str) -> None:
     xyz = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [-2, 0, 0]]])
-    idx, _ = farthest_point_sample(xyz, 2)
+    idx, _ = farthest_point_sample(xyz, 2, backend=backend)
     assert idx.tolist() == [[0, 2]]
 
 
-def test_fps_when_all_candidates_are_near_origin_returns_index_zero() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_when_all_candidates_are_near_origin_returns_index_zero(backend: str) -> None:
     # The kernel's best index starts at 0 and is never updated when every candidate is skipped.
     xyz = torch.tensor([[[0.001, 0, 0], [0.002, 0, 0], [0.003, 0, 0]]])
-    idx, _ = farthest_point_sample(xyz, 3)
+    idx, _ = farthest_point_sample(xyz, 3, backend=backend)
     assert idx.tolist() == [[0, 0, 0]]
 
 
-def test_fps_matches_the_sequential_kernel_on_random_clouds() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_matches_the_sequential_kernel_on_random_clouds(backend: str) -> None:
     pc = random_cloud(3, 400, seed=1)
     pc[1, 5:20, :3] *= 0.01  # some points inside the skip radius
-    idx, _ = farthest_point_sample(pc[..., :3], 48)
+    idx, _ = farthest_point_sample(pc[..., :3], 48, backend=backend)
     for b in range(3):
         expected = kernel_fps(pc[b, :, :3].numpy().astype(np.float32), 48)
         assert idx[b].tolist() == expected.tolist()
 
 
-def test_fps_is_batched_independently() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_is_batched_independently(backend: str) -> None:
     pc = random_cloud(4, 300, seed=2)
-    batched, _ = farthest_point_sample(pc[..., :3], 20)
+    batched, _ = farthest_point_sample(pc[..., :3], 20, backend=backend)
     for b in range(4):
-        single, _ = farthest_point_sample(pc[b : b + 1, :, :3], 20)
+        single, _ = farthest_point_sample(pc[b : b + 1, :, :3], 20, backend=backend)
         assert torch.equal(batched[b], single[0])
 
 
-def test_knn_equals_brute_force() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_equals_brute_force(backend: str) -> None:
     pc = random_cloud(2, 500, seed=3)
     xyz = pc[..., :3]
-    centres_idx, nbrs = farthest_point_sample(xyz, 16, knn=10)
+    centres_idx, nbrs = farthest_point_sample(xyz, 16, knn=10, backend=backend)
     centres = xyz.gather(1, centres_idx.unsqueeze(-1).expand(-1, -1, 3))
     brute = torch.cdist(centres.double(), xyz.double()).argsort(dim=-1)[..., :10]
     assert nbrs.shape == (2, 16, 10)
@@ -111,3 +123,67 @@ def test_patch_dropout_only_in_training() -> None:
 def test_patch_dropout_keep_count(prob: float, num: int, keep: int) -> None:
     drop = PatchDropout(prob).train()
     assert drop(torch.randn(1, 1 + num, 4)).shape[1] == 1 + keep
+
+
+def _official_size_clouds() -> torch.Tensor:
+    """(5, 10000, 3): a ball, a sphere's surface, a flat square with points at the origin, a cloud whose
+    points all come twice (every FPS step ties), and a thin line: the shapes pruning could get wrong."""
+    rng = np.random.default_rng(7)
+    ball = rng.normal(size=(10000, 3))
+    ball *= rng.uniform(0, 1, (10000, 1)) ** (1 / 3) / np.linalg.norm(ball, axis=1, keepdims=True)
+    sphere = rng.normal(size=(10000, 3))
+    sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
+    square = np.c_[rng.uniform(-1, 1, (10000, 2)), np.zeros(10000)]
+    square[rng.choice(np.arange(1, 10000), 300, replace=False)] *= 1e-3  # inside the skip radius: never centres
+    twice = np.repeat(rng.uniform(-1, 1, (5000, 3)), 2, axis=0)
+    line = np.c_[np.linspace(-1, 1, 10000), 1e-4 * rng.normal(size=(10000, 2))]
+    return torch.from_numpy(np.stack([ball, sphere, square, twice, line])).float()
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_the_cpu_kernel_chooses_the_torch_loops_centres_and_groups_at_the_official_size() -> None:
+    xyz = _official_size_clouds()
+    ref_idx, ref_nbrs = farthest_point_sample(xyz, 512, knn=64, backend="torch")
+    idx, nbrs = farthest_point_sample(xyz, 512, knn=64, backend="cpu")
+    assert torch.equal(idx, ref_idx)
+    # groups as sets; on the duplicated cloud a tie at the 64th distance may pick the other copy of a point
+    same = nbrs.sort(dim=-1).values == ref_nbrs.sort(dim=-1).values
+    assert bool(same[[0, 1, 2, 4]].all())
+    twin = (nbrs // 2).sort(dim=-1).values == (ref_nbrs // 2).sort(dim=-1).values  # copies 2i and 2i+1
+    assert bool(twin[3].all())
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_auto_takes_the_cpu_kernel_for_cpu_tensors_with_the_same_features() -> None:
+    pc = random_cloud(2, 5000, seed=9)
+    auto, auto_centres = group_points(pc, num_group=64, group_size=32)  # backend "auto": the kernel at 5000 points
+    idx, nbrs = farthest_point_sample(pc[..., :3], 64, knn=32, backend="torch")
+    ref_centres = pc[..., :3].gather(1, idx.unsqueeze(-1).expand(-1, -1, 3))
+    assert torch.equal(auto_centres, ref_centres)
+    # the same points in each group, maybe in another order: compare sorted rows
+    ref = torch.stack([pc[b, nbrs[b]] for b in range(2)])  # (B, G, K, 6) absolute points
+    ref[..., :3] -= ref_centres.unsqueeze(2)
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(-1, t.shape[-2], 6)
+        return torch.stack([g[torch.from_numpy(np.lexsort(g.T.numpy()[::-1].copy()))] for g in flat])
+
+    assert torch.equal(rows(auto), rows(ref))
+    with pytest.raises(ValueError, match="backend must be"):
+        farthest_point_sample(pc[..., :3], 4, backend="numba")
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_auto_takes_the_kernel_for_big_cpu_clouds_and_the_loop_for_small_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uni3d.tokenizer as tokenizer
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the other backend was taken")
+
+    big, small = random_cloud(1, tokenizer.CPU_KERNEL_MIN_POINTS, seed=1), random_cloud(1, 1024, seed=1)
+    with monkeypatch.context() as m:
+        m.setattr(tokenizer, "_torch_fps_knn", refuse)
+        group_points(big, num_group=32, group_size=16)
+    with monkeypatch.context() as m:
+        m.setattr(tokenizer, "_cpu_fps_knn", refuse)
+        group_points(small, num_group=32, group_size=16)
