@@ -9,7 +9,8 @@ import trimesh
 
 from pipelines.meshes.cameras import RenderConfig, camera_poses, intrinsics
 from pipelines.meshes.mesh import NO_COLOR, Mesh, MeshError
-from pipelines.meshes.render import Renderer, RenderError
+from pipelines.meshes.render import Renderer, RenderError, is_software
+from pipelines.sources.procedural import make_shape
 
 CFG = RenderConfig(num_views=6, size=96)
 WHITE = np.array([255, 255, 255])
@@ -202,3 +203,16 @@ def test_closed_renderer_refuses_to_render() -> None:
         assert r.device  # e.g. "llvmpipe (...)" or the GPU's name
     with pytest.raises(RenderError, match="closed"):
         r.render(to_mesh(trimesh.creation.box()))
+
+
+def test_msaa_follows_the_device_off_on_a_cpu_rasteriser_unless_asked_for(renderer: Renderer) -> None:
+    assert is_software("llvmpipe (LLVM 15.0.6, 256 bits)") and is_software("softpipe")
+    assert not is_software("NVIDIA H100 80GB HBM3/PCIe/SSE2")
+    chair = make_shape("chair", 0).to_mesh()
+    renderer.render(chair)
+    assert renderer.samples == (0 if is_software(renderer.device) else 4)  # CFG leaves samples at "auto"
+    with Renderer(RenderConfig(num_views=1, size=64, samples=4)) as r:
+        r.render(chair)
+        assert r.samples == 4  # asked for: MSAA on the CPU rasteriser too
+    with pytest.raises(ValueError, match="samples must be"):
+        RenderConfig(samples="always")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.sources.config import SourceConfig
 
@@ -52,7 +52,7 @@ class BuildConfig:
     num_points: int = 10_000
     num_views: int = 12  # 0 = no renders (automatic for text-only teachers)
     image_size: int = 224
-    msaa: int = 4
+    msaa: int | Literal["auto"] = "auto"  # views' MSAA samples; auto: 4 on GPU nodes, none on CPU rasterisers
     rows_per_shard: int = 64  # bounded shard size: rows per Parquet file
     limit: int | None = None  # build at most this many new shapes
     shard: str = "0/1"  # i/n: this run builds the uids whose hash falls in slice i of n

@@ -124,7 +124,7 @@ class ShapeWorker:
         seed: int,
         num_views: int,
         image_size: int,
-        msaa: int,
+        msaa: int | str,
         context: dict[str, Any],
         cpus: float = 1.0,
     ) -> None:

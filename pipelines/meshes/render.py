@@ -123,6 +123,14 @@ def _rgba8(colors: np.ndarray) -> np.ndarray:
     return rgba.view("<u4").ravel()
 
 
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swiftshader", "software rasterizer")
+
+
+def is_software(gl_renderer: str) -> bool:
+    """Whether an OpenGL renderer string names a CPU rasteriser (Mesa's llvmpipe or softpipe, SwiftShader)."""
+    return any(name in gl_renderer.lower() for name in SOFTWARE_RENDERERS)
+
+
 class Renderer:
     """Renders meshes into K views; holds one EGL context, reuse it across meshes, then ``close``.
 
@@ -152,7 +160,9 @@ class Renderer:
             )
             for flag in (False, True)
         }
-        samples = min(cfg.samples, ctx.max_samples) if cfg.samples > 1 else 0
+        wanted = (0 if is_software(str(ctx.info["GL_RENDERER"])) else 4) if cfg.samples == "auto" else cfg.samples
+        samples = min(wanted, ctx.max_samples) if wanted > 1 else 0
+        self.samples = samples  # what the framebuffers use
         # All views go into one atlas read back once: llvmpipe then rasterises the views in parallel
         # instead of stalling on a read per view.
         self._cols = int(np.ceil(np.sqrt(cfg.num_views)))
