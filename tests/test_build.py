@@ -144,6 +144,7 @@ def test_pools_share_the_work_and_shards_land_while_shapes_are_still_sampled(
     cfg = BuildConfig(
         output=str(tmp_path / "spread"),
         teacher="openclip-random:tiny-ViT-32",  # 12 rendered views per shape: the shape stage is the slow one
+        msaa=4,  # and stays so on a CPU rasteriser too (MSAA off would render ~2.5x faster)
         num_points=1024,
         rows_per_shard=16,
         progress_every_s=0,

@@ -14,6 +14,7 @@ import torch
 from conftest import error_line
 
 import uni3d
+from pipelines.build.manifest import Manifest, write_manifest
 from pipelines.evaluate.sets import (
     SCANOBJECTNN_CLASSES,
     EvalSet,
@@ -244,6 +245,16 @@ def test_a_teacher_of_another_dimension_and_a_missing_checkpoint_are_refused(
     assert "does not record its teacher: pass --teacher" in error_line(capsys)
     assert main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
     assert re.search("checkpoint .*nowhere does not exist", error_line(capsys))
+    # a build in which every shape failed: one line naming it and its failures, not a traceback from Ray Data
+    empty = tmp_path / "empty_build"
+    (empty / "shards").mkdir(parents=True)
+    write_manifest(
+        empty / "manifest.json", Manifest(teacher="minilm", embed_dim=384, num_points=512, failures={"load": 3})
+    )
+    assert main(["--checkpoint", str(ckpt), "--sets", str(empty), "--teacher", "minilm"]) == 2
+    assert "empty_build: the build holds no shapes (failures by stage: load 3); nothing to evaluate" in error_line(
+        capsys
+    )
 
 
 @pytest.mark.ray

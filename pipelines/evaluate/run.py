@@ -68,7 +68,10 @@ def _points(batch: pa.Table) -> np.ndarray:
 
 def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Dataset]:
     """A build folder's labelled rows (its held-out split, or all) as an eval set and its Ray Dataset."""
-    read_manifest(os.path.join(path, "manifest.json"))  # a clear error if this is not a build
+    manifest = read_manifest(os.path.join(path, "manifest.json"))  # a clear error if this is not a build
+    if manifest.num_shapes == 0:  # every shape failed, or none was listed: no shard to read
+        failed = ", ".join(f"{stage} {n}" for stage, n in sorted(manifest.failures.items())) or "none"
+        raise EvalSetError(f"{path}: the build holds no shapes (failures by stage: {failed}); nothing to evaluate")
     ds = ray.data.read_parquet(os.path.join(path, "shards")).select_columns(
         ["uid", "category", "num_points", "xyz", "rgb"]
     )
