@@ -34,7 +34,7 @@ WORKDIR /app
 COPY --chown=ray constraints.txt ./
 RUN pip install --no-cache-dir -c constraints.txt torch torchvision
 
-# Then the project and all its extras (data, teachers, train, sweep, bench, dev) at the pinned versions.
+# Then the project and all its extras (data, teachers, train, sweep, cpu, bench, dev) at the pinned versions.
 # Ray itself is already in the base image at the same version.
 COPY --chown=ray . .
 RUN pip install --no-cache-dir -c constraints.txt -e ".[all]"

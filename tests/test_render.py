@@ -216,3 +216,9 @@ def test_msaa_follows_the_device_off_on_a_cpu_rasteriser_unless_asked_for(render
         assert r.samples == 4  # asked for: MSAA on the CPU rasteriser too
     with pytest.raises(ValueError, match="samples must be"):
         RenderConfig(samples="always")
+    from pipelines.build.config import BuildConfig
+    from pipelines.settings import apply_overrides
+
+    assert BuildConfig().msaa == "auto" and apply_overrides(BuildConfig(), ["msaa=4"]).msaa == 4  # --set msaa=4
+    with pytest.raises(ValueError, match="msaa must be 'auto' or an int >= 0, got -1"):
+        BuildConfig(msaa=-1)

@@ -187,3 +187,13 @@ def test_auto_takes_the_kernel_for_big_cpu_clouds_and_the_loop_for_small_ones(mo
     with monkeypatch.context() as m:
         m.setattr(tokenizer, "_cpu_fps_knn", refuse)
         group_points(small, num_group=32, group_size=16)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_the_cpu_kernel_refuses_what_the_torch_loop_cannot_do() -> None:
+    pc = random_cloud(1, 64, seed=3)[..., :3]
+    with pytest.raises(ValueError, match="groups of 65 from"):
+        farthest_point_sample(pc, 8, knn=65, backend="cpu")  # more neighbours than points
+    pc[0, 5, 1] = float("nan")
+    with pytest.raises(ValueError, match="must be finite"):
+        farthest_point_sample(pc, 8, knn=4, backend="cpu")

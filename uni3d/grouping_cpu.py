@@ -1,9 +1,10 @@
 """Exact FPS + kNN grouping on the CPU, one cloud at a time, compiled with numba (docs/method.md §2).
 
 The batched torch loop of ``uni3d.tokenizer`` computes every centre's distance to every point: 512 x 10,000
-per cloud, ~16 ms on a CPU core for the official tokenization. Here the same choices come from far fewer
-distances. The cloud is cut into the cells of a uniform grid (~32 points each), each with its points' bounding
-box, the largest running distance in it and the lowest index holding it:
+per cloud, ~40 ms on one CPU core for the official tokenization (BENCHMARKS.md, "Grouping"). Here the same
+choices come from far fewer distances. The cloud is cut into the cubic cells of a grid (~32 points each; as many
+cells along an axis as its extent holds, so a flat or thin cloud gets flat or thin grid), each with its points'
+bounding box, the largest running distance in it and the lowest index holding it:
 
 - FPS: a new centre updates only the cells whose box is nearer to it than their largest running distance (no
   point elsewhere can get nearer); the next centre is the largest of the cells' largest, lowest index on ties.
@@ -13,8 +14,8 @@ box, the largest running distance in it and the lowest index holding it:
 Every distance is computed as the torch loop computes it, ``(x-cx)² + (y-cy)² + (z-cz)²`` in float32, the
 near-origin rule compares in float32 too, and the pruning bounds keep a relative margin of 1e-5 over float32
 rounding, so the centres are those of ``farthest_point_sample`` (the official kernel's semantics) exactly, and
-the groups hold the same points. Only ties at the k-th distance (duplicated points) may resolve to another of
-the tied points, which the official kernel leaves unspecified too.
+the groups hold the same points. Only ties at the k-th distance (duplicated points, or distinct points at exactly
+the same distance) may resolve to another of the tied points, which the official kernel leaves unspecified too.
 
 fpsample's bucket FPS would do the FPS part, but it starts from the point at ``start_idx`` *after* sorting the
 points into its tree (fpsample 1.0.2 and 0.3.3), not from index 0, so it cannot reproduce the official centres.
@@ -48,17 +49,29 @@ def _grid(xyz: np.ndarray, per_cell: int) -> tuple:
                 lo[a] = v
             if v > hi[a]:
                 hi[a] = v
-    side = max(1, int(round((n / per_cell) ** (1.0 / 3.0))))
+    # cubic cells of edge h, about n / per_cell of them over the box: start with one cell along the longest axis
+    # and shrink h until the grid holds enough (an axis of no extent keeps one cell)
+    wanted = max(1.0, n / per_cell)
+    h = max(max(hi[0] - lo[0], hi[1] - lo[1]), max(hi[2] - lo[2], 1e-12))
+    side = np.ones(3, np.int64)
+    while True:
+        cells = 1
+        for a in range(3):
+            side[a] = min(4096, max(1, int(np.ceil((hi[a] - lo[a]) / h))))
+            cells *= side[a]
+        if cells >= wanted or h < 1e-9:
+            break
+        h *= 0.9
     size = np.empty(3, np.float64)
     for a in range(3):
-        size[a] = max((hi[a] - lo[a]) / side, 1e-12)
+        size[a] = max((hi[a] - lo[a]) / side[a], 1e-12)
     cell_of = np.empty(n, np.int64)
     coord = np.empty(3, np.int64)
     for i in range(n):
         for a in range(3):
-            coord[a] = min(side - 1, int((xyz[i, a] - lo[a]) / size[a]))
-        cell_of[i] = (coord[0] * side + coord[1]) * side + coord[2]
-    num_cells = side * side * side
+            coord[a] = min(side[a] - 1, int((xyz[i, a] - lo[a]) / size[a]))
+        cell_of[i] = (coord[0] * side[1] + coord[1]) * side[2] + coord[2]
+    num_cells = side[0] * side[1] * side[2]
     start = np.zeros(num_cells + 1, np.int64)
     for i in range(n):
         start[cell_of[i] + 1] += 1
@@ -105,9 +118,21 @@ def _box_sq(box: np.ndarray, c: int, px: float, py: float, pz: float) -> float:
     return d
 
 
-@njit(cache=True, nogil=True)
 def fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, 3)`` float32 -> centre indices ``(S,)`` and, for ``k > 0``, each centre's ``k`` nearest ``(S, k)``."""
+    """``(N, 3)`` points -> centre indices ``(S,)`` and, for ``k > 0``, each centre's ``k`` nearest ``(S, k)``.
+
+    The points are taken as float32, as the torch loop takes them; they must be finite, with ``S`` and ``k`` at
+    most ``N``."""
+    xyz = np.ascontiguousarray(xyz, dtype=np.float32)
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or not 0 < num_samples <= len(xyz) or not 0 <= k <= len(xyz):
+        raise ValueError(f"cannot take {num_samples} centres and groups of {k} from points of shape {xyz.shape}")
+    if not np.isfinite(xyz).all():
+        raise ValueError("point coordinates must be finite")
+    return _fps_knn(xyz, num_samples, k)
+
+
+@njit(cache=True, nogil=True)
+def _fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = xyz.shape[0]
     order, start, box, side, lo, size = _grid(xyz, _FPS_CELL)
     num_cells = start.shape[0] - 1
@@ -167,15 +192,15 @@ def _knn(grid, cx, cy, cz, k, heap_d, heap_i) -> None:  # noqa: ANN001
     home = np.empty(3, np.int64)
     p = (cx, cy, cz)
     for a in range(3):
-        home[a] = min(side - 1, max(0, int((p[a] - lo[a]) / size[a])))
+        home[a] = min(side[a] - 1, max(0, int((p[a] - lo[a]) / size[a])))
     r = 0
     while True:
-        for ix in range(max(0, home[0] - r), min(side, home[0] + r + 1)):
-            for iy in range(max(0, home[1] - r), min(side, home[1] + r + 1)):
-                for iz in range(max(0, home[2] - r), min(side, home[2] + r + 1)):
+        for ix in range(max(0, home[0] - r), min(side[0], home[0] + r + 1)):
+            for iy in range(max(0, home[1] - r), min(side[1], home[1] + r + 1)):
+                for iz in range(max(0, home[2] - r), min(side[2], home[2] + r + 1)):
                     if max(abs(ix - home[0]), abs(iy - home[1]), abs(iz - home[2])) != r:
                         continue  # inner shells are done
-                    c = (ix * side + iy) * side + iz
+                    c = (ix * side[1] + iy) * side[2] + iz
                     if start[c + 1] == start[c]:
                         continue
                     if count == k and _box_sq(box, c, cx, cy, cz) * _MARGIN > heap_d[0]:
@@ -211,7 +236,7 @@ def _knn(grid, cx, cy, cz, k, heap_d, heap_i) -> None:  # noqa: ANN001
         for a in range(3):
             if home[a] - r > 0:
                 outside = min(outside, p[a] - (lo[a] + (home[a] - r) * size[a]))
-            if home[a] + r + 1 < side:
+            if home[a] + r + 1 < side[a]:
                 outside = min(outside, lo[a] + (home[a] + r + 1) * size[a] - p[a])
         if outside == np.inf or (count == k and max(outside, 0.0) ** 2 * _MARGIN > heap_d[0]):
             return

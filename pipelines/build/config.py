@@ -71,6 +71,8 @@ class BuildConfig:
         parse_shard(self.shard)
         if self.rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
+        if self.msaa != "auto" and (isinstance(self.msaa, bool) or not isinstance(self.msaa, int) or self.msaa < 0):
+            raise ValueError(f"msaa must be 'auto' or an int >= 0, got {self.msaa!r}")
         if self.num_points < 1 or self.num_views < 0:
             raise ValueError(f"num_points must be >= 1 and num_views >= 0, got {self.num_points}, {self.num_views}")
         if self.source.kind not in ("procedural", "local", "objaverse", "openshape"):

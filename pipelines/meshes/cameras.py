@@ -8,6 +8,7 @@ frames it the same way. No GL here: ``pipelines.meshes.render`` draws these view
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ class RenderConfig:
     diffuse: float = 0.55
     light_dir: tuple[float, float, float] = (0.3, 0.5, 1.0)  # camera frame: upper right, behind camera
     # MSAA samples, 0 = off (capped to what the device supports); "auto": 4 on a GPU, 0 on a software rasteriser
-    # (llvmpipe: 3x faster without, and the teacher's embeddings barely move; BENCHMARKS.md "Rendering")
+    # (llvmpipe: 2-3x faster without, and the teacher's embeddings barely move; BENCHMARKS.md "Rendering")
     samples: int | str = "auto"
     device_index: int | None = None  # EGL device; None = the default one
 
@@ -34,7 +35,8 @@ class RenderConfig:
         elevations = np.atleast_1d(np.asarray(self.elevation_deg, dtype=np.float64))
         if self.num_views < 1 or self.size < 1 or not 0 < self.fov_deg < 180 or self.margin < 1:
             raise ValueError(f"invalid RenderConfig: {self}")
-        if self.samples != "auto" and (not isinstance(self.samples, int) or self.samples < 0):
+        whole = isinstance(self.samples, numbers.Integral) and not isinstance(self.samples, bool)
+        if self.samples != "auto" and (not whole or self.samples < 0):
             raise ValueError(f"samples must be 'auto' or an int >= 0, got {self.samples!r}")
         if elevations.size == 0 or np.any(np.abs(elevations) >= 90):
             raise ValueError(f"elevations must be in (-90, 90) degrees, got {self.elevation_deg}")
