@@ -244,15 +244,12 @@ def local_init(spec: Any) -> Iterator[Any]:
     """An init spec (``uni3d.InitSpec``) whose file or checkpoint folder is on this machine: the spec itself
     when it is local (or ``scratch``), else the same spec on a temporary copy of its URI, removed afterwards, or on
     its file or folder in the Hugging Face cache for an ``hf-hub:`` name."""
-    if spec.kind != "scratch" and is_hub(spec.path):
-        yield dataclasses.replace(spec, path=str(hub_local(spec.path)))
-        return
-    if spec.kind == "scratch" or not is_uri(spec.path):
+    if spec.kind == "scratch" or not (is_uri(spec.path) or is_hub(spec.path)):
         yield spec
         return
-    if not Location.of(spec.path).exists() and not Location.of(spec.path).is_dir():
+    if is_uri(spec.path) and not Location.of(spec.path).exists() and not Location.of(spec.path).is_dir():
         raise FileNotFoundError(f"init {spec}: {spec.path} does not exist")
-    with local_copy(spec.path) as path:
+    with local_copy(spec.path) as path:  # a temporary copy of a URI, the hub cache's file or folder
         yield dataclasses.replace(spec, path=str(path))
 
 

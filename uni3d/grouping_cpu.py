@@ -35,7 +35,8 @@ _KNN_CELL = 4  # the kNN reads whole cells around the centre, so small ones (4: 
 
 @njit(cache=True, nogil=True)
 def _grid(xyz: np.ndarray, per_cell: int) -> tuple:
-    """Points sorted by grid cell (stable: ascending index within a cell), cell offsets and boxes."""
+    """Points sorted by grid cell (stable: ascending index within a cell) and their coordinates in that order,
+    cell offsets and boxes."""
     n = xyz.shape[0]
     lo = np.empty(3, np.float64)
     hi = np.empty(3, np.float64)
@@ -92,17 +93,10 @@ def _grid(xyz: np.ndarray, per_cell: int) -> tuple:
                 v = xyz[order[j], a]
                 box[c, a] = min(box[c, a], v)
                 box[c, 3 + a] = max(box[c, 3 + a], v)
-    return order, start, box, side, lo, size
-
-
-@njit(cache=True, nogil=True)
-def _sorted_coords(xyz: np.ndarray, order: np.ndarray) -> tuple:
-    n = order.shape[0]
     xs, ys, zs = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
     for j in range(n):
-        i = order[j]
-        xs[j], ys[j], zs[j] = xyz[i, 0], xyz[i, 1], xyz[i, 2]
-    return xs, ys, zs
+        xs[j], ys[j], zs[j] = xyz[order[j], 0], xyz[order[j], 1], xyz[order[j], 2]
+    return xs, ys, zs, order, start, box, side, lo, size
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -134,16 +128,14 @@ def fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.n
 @njit(cache=True, nogil=True)
 def _fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = xyz.shape[0]
-    order, start, box, side, lo, size = _grid(xyz, _FPS_CELL)
+    xs, ys, zs, order, start, box, side, lo, size = _grid(xyz, _FPS_CELL)
     num_cells = start.shape[0] - 1
-    xs, ys, zs = _sorted_coords(xyz, order)
     run = np.empty(n, np.float32)  # running minimum distance, cell order; -1: never a centre (near the origin)
     for j in range(n):
         sq = xs[j] * xs[j] + ys[j] * ys[j] + zs[j] * zs[j]
         run[j] = _FAR if sq > _NEAR_ORIGIN_SQ else np.float32(-1.0)
     if k > 0:
-        korder, kstart, kbox, kside, klo, ksize = _grid(xyz, _KNN_CELL)
-        kxs, kys, kzs = _sorted_coords(xyz, korder)
+        knn_grid = _grid(xyz, _KNN_CELL)
     cells = np.array([c for c in range(num_cells) if start[c + 1] > start[c]], np.int64)
     best = np.empty(num_cells, np.float32)  # per cell: the largest running distance and the lowest index at it
     best_at = np.empty(num_cells, np.int64)
@@ -161,7 +153,7 @@ def _fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.
         centres[s] = far
         cx, cy, cz = xyz[far, 0], xyz[far, 1], xyz[far, 2]
         if k > 0:
-            _knn((kxs, kys, kzs, korder, kstart, kbox, kside, klo, ksize), cx, cy, cz, k, heap_d, heap_i)
+            _knn(knn_grid, cx, cy, cz, k, heap_d, heap_i)
             nbrs[s, :] = heap_i[:k]
         if s + 1 == num_samples:
             break
