@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--groups", type=int, default=512)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU kernel uses one)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (= clouds the CPU kernel groups at once)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -144,7 +144,16 @@ def _official_size_clouds() -> torch.Tensor:
 def test_the_cpu_kernel_chooses_the_torch_loops_centres_and_groups_at_the_official_size() -> None:
     xyz = _official_size_clouds()
     ref_idx, ref_nbrs = farthest_point_sample(xyz, 512, knn=64, backend="torch")
-    idx, nbrs = farthest_point_sample(xyz, 512, knn=64, backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the clouds one after another ...
+        idx, nbrs = farthest_point_sample(xyz, 512, knn=64, backend="cpu")
+        torch.set_num_threads(3)  # ... and three at once, on the kernel's thread pool
+        assert all(
+            torch.equal(a, b) for a, b in zip((idx, nbrs), farthest_point_sample(xyz, 512, 64, "cpu"), strict=True)
+        )
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(idx, ref_idx)
     # groups as sets; on the duplicated cloud a tie at the 64th distance may pick the other copy of a point
     same = nbrs.sort(dim=-1).values == ref_nbrs.sort(dim=-1).values

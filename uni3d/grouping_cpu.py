@@ -100,16 +100,14 @@ def _grid(xyz: np.ndarray, per_cell: int) -> tuple:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _gap_sq(v: float, lo: float, hi: float) -> float:
+    return (lo - v) ** 2 if v < lo else ((v - hi) ** 2 if v > hi else 0.0)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _box_sq(box: np.ndarray, c: int, px: float, py: float, pz: float) -> float:
     """Squared distance from a point to a cell's box (0 inside), in float64."""
-    d = 0.0
-    p = (px, py, pz)
-    for a in range(3):
-        if p[a] < box[c, a]:
-            d += (box[c, a] - p[a]) ** 2
-        elif p[a] > box[c, 3 + a]:
-            d += (p[a] - box[c, 3 + a]) ** 2
-    return d
+    return _gap_sq(px, box[c, 0], box[c, 3]) + _gap_sq(py, box[c, 1], box[c, 4]) + _gap_sq(pz, box[c, 2], box[c, 5])
 
 
 def fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,15 +144,15 @@ def _fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.
                 best[c], best_at[c] = run[j], order[j]
     centres = np.zeros(num_samples, np.int64)
     nbrs = np.empty((num_samples, max(k, 0)), np.int64)
-    heap_d = np.empty(max(k, 1), np.float32)
-    heap_i = np.empty(max(k, 1), np.int64)
+    buf_d = np.empty(n, np.float32)  # the kNN's candidates
+    buf_i = np.empty(n, np.int64)
     far = 0
     for s in range(num_samples):
         centres[s] = far
         cx, cy, cz = xyz[far, 0], xyz[far, 1], xyz[far, 2]
         if k > 0:
-            _knn(knn_grid, cx, cy, cz, k, heap_d, heap_i)
-            nbrs[s, :] = heap_i[:k]
+            _knn(knn_grid, cx, cy, cz, k, buf_d, buf_i)
+            nbrs[s, :] = buf_i[:k]
         if s + 1 == num_samples:
             break
         for c in cells:
@@ -177,10 +175,44 @@ def _fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.
 
 
 @njit(cache=True, nogil=True)
-def _knn(grid, cx, cy, cz, k, heap_d, heap_i) -> None:  # noqa: ANN001
-    """The ``k`` nearest points to ``(cx, cy, cz)`` into ``heap_i[:k]`` (a max-heap on ``heap_d``)."""
+def _select(d: np.ndarray, idx: np.ndarray, count: int, k: int) -> None:
+    """Reorder ``d[:count]`` (with ``idx``) so that its ``k`` smallest come first and the k-th smallest is at
+    ``k - 1`` (quickselect, median of three)."""
+    lo, hi = 0, count - 1
+    target = k - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        a, b, c = d[lo], d[mid], d[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = lo, hi
+        while i <= j:
+            while d[i] < pivot:
+                i += 1
+            while d[j] > pivot:
+                j -= 1
+            if i <= j:
+                d[i], d[j] = d[j], d[i]
+                idx[i], idx[j] = idx[j], idx[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            return
+
+
+@njit(cache=True, nogil=True)
+def _knn(grid, cx, cy, cz, k, buf_d, buf_i) -> None:  # noqa: ANN001
+    """The ``k`` nearest points to ``(cx, cy, cz)`` into ``buf_i[:k]``.
+
+    Shells of cells around the centre's cell are read outwards; their points' distances go into a buffer, which
+    is cut back to its ``k`` smallest (quickselect) after each shell once it holds more, so the k-th smallest
+    found bounds which later cells and points can still enter."""
     xs, ys, zs, order, start, box, side, lo, size = grid
     count = 0
+    bound = np.float32(np.inf)
     home = np.empty(3, np.int64)
     p = (cx, cy, cz)
     for a in range(3):
@@ -188,41 +220,26 @@ def _knn(grid, cx, cy, cz, k, heap_d, heap_i) -> None:  # noqa: ANN001
     r = 0
     while True:
         for ix in range(max(0, home[0] - r), min(side[0], home[0] + r + 1)):
+            edge_x = ix == home[0] - r or ix == home[0] + r
             for iy in range(max(0, home[1] - r), min(side[1], home[1] + r + 1)):
-                for iz in range(max(0, home[2] - r), min(side[2], home[2] + r + 1)):
-                    if max(abs(ix - home[0]), abs(iy - home[1]), abs(iz - home[2])) != r:
-                        continue  # inner shells are done
-                    c = (ix * side[1] + iy) * side[2] + iz
-                    if start[c + 1] == start[c]:
-                        continue
-                    if count == k and _box_sq(box, c, cx, cy, cz) * _MARGIN > heap_d[0]:
-                        continue
-                    for j in range(start[c], start[c + 1]):
-                        dx, dy, dz = xs[j] - cx, ys[j] - cy, zs[j] - cz
-                        d = dx * dx + dy * dy + dz * dz
-                        if count < k:
-                            heap_d[count], heap_i[count] = d, order[j]
-                            count += 1
-                            m = count - 1
-                            while m > 0 and heap_d[(m - 1) // 2] < heap_d[m]:  # sift up
-                                q = (m - 1) // 2
-                                heap_d[q], heap_d[m] = heap_d[m], heap_d[q]
-                                heap_i[q], heap_i[m] = heap_i[m], heap_i[q]
-                                m = q
-                        elif d < heap_d[0]:
-                            heap_d[0], heap_i[0] = d, order[j]
-                            m = 0
-                            while True:  # sift down
-                                left, big = 2 * m + 1, m
-                                if left < k and heap_d[left] > heap_d[big]:
-                                    big = left
-                                if left + 1 < k and heap_d[left + 1] > heap_d[big]:
-                                    big = left + 1
-                                if big == m:
-                                    break
-                                heap_d[m], heap_d[big] = heap_d[big], heap_d[m]
-                                heap_i[m], heap_i[big] = heap_i[big], heap_i[m]
-                                m = big
+                edge_xy = edge_x or iy == home[1] - r or iy == home[1] + r
+                step = 1 if edge_xy else 2 * r  # inside the shell's x and y faces only its two z ends are new
+                iz = max(0, home[2] - r) if edge_xy else home[2] - r
+                while iz < min(side[2], home[2] + r + 1):
+                    if iz >= 0:
+                        c = (ix * side[1] + iy) * side[2] + iz
+                        if start[c + 1] > start[c] and _box_sq(box, c, cx, cy, cz) * _MARGIN <= bound:
+                            for j in range(start[c], start[c + 1]):
+                                dx, dy, dz = xs[j] - cx, ys[j] - cy, zs[j] - cz
+                                d = dx * dx + dy * dy + dz * dz
+                                buf_d[count], buf_i[count] = d, order[j]
+                                count += d <= bound
+                    iz += max(step, 1)
+        if count > k:
+            _select(buf_d, buf_i, count, k)
+            count = k
+        if count == k:
+            bound = buf_d[:k].max()
         # every point outside the shells read so far is at least this far (squared) from the centre
         outside = np.inf
         for a in range(3):
@@ -230,6 +247,6 @@ def _knn(grid, cx, cy, cz, k, heap_d, heap_i) -> None:  # noqa: ANN001
                 outside = min(outside, p[a] - (lo[a] + (home[a] - r) * size[a]))
             if home[a] + r + 1 < side[a]:
                 outside = min(outside, lo[a] + (home[a] + r + 1) * size[a] - p[a])
-        if outside == np.inf or (count == k and max(outside, 0.0) ** 2 * _MARGIN > heap_d[0]):
+        if outside == np.inf or (count == k and max(outside, 0.0) ** 2 * _MARGIN > bound):
             return
         r += 1
