@@ -9,8 +9,9 @@ Sections (``--sections``, default all), each printed as a Markdown table:
   Time to first shard, shapes/s, shapes sampled when the first shard landed, rows per actor and node.
 - ``memory``: a ``--memory-shapes`` build with renders under a configured object-store bound
   (``resources.object_store_gib``); the object store's use, polled from Ray every 0.25 s, against it.
-- ``listing``: a ``--listing-rows`` procedural listing (generated uids) written, planned and cut into
-  blocks by Ray Data (no shape work): time and the driver's peak resident memory.
+- ``listing``: a ``--listing-rows`` procedural listing (generated uids), ``--listing-done`` of them already in
+  the build (an earlier run's shard), de-duplicated, written, planned and cut into blocks by Ray Data
+  (no shape work; ``--no-listing-cut`` stops after the plan): time and the driver's peak resident memory.
 - ``storage``: bytes per shape of the build against OpenShape's per-shape ``.npy`` layout.
 - ``objaverse``: Objaverse at full scale without the network: a generated fixture in the dataset's own
   layout (``--objaverse-uids`` uids in 160 shards, Sketchfab-like annotations, ~46k LVIS uids) served
@@ -221,41 +222,56 @@ def memory(args: argparse.Namespace) -> dict:
 
 
 def listing(args: argparse.Namespace) -> dict:
-    """List ``--listing-rows`` procedural shapes, plan them and let Ray Data cut the listing into blocks."""
+    """List ``--listing-rows`` procedural shapes, ``--listing-done`` of them already built, plan them and let
+    Ray Data cut the listing into blocks (``--no-listing-cut``: not cut)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     process = psutil.Process()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    base_rss = process.memory_info().rss
     cfg = BuildConfig(output=f"{args.out}/listing", source=SourceConfig(num_shapes=args.listing_rows))
     shutil.rmtree(cfg.output, ignore_errors=True)
     store = BuildStore(cfg.output)
+    if args.listing_done:  # an earlier run's shard: only its uid column, which is what a re-run reads
+        built = [r.uid for _, r in zip(range(args.listing_done), list_shapes(cfg.source, cfg.output), strict=False)]
+        Path(store.path("shards")).mkdir(parents=True)
+        pq.write_table(pa.table({"uid": built}), store.path("shards", "earlier.parquet"))
+        del built
     renders_views(cfg.teacher, cfg.num_views)  # import the teacher registry before the clock starts
+    base_rss = process.memory_info().rss
     times = {}
     with Sampler(lambda: process.memory_info().rss) as rss:
         start = time.perf_counter()
-        refs = select(list_shapes(cfg.source, cfg.output), store.done_uids(), cfg.shard, None)
+        done = store.done_uids()
+        refs = select(list_shapes(cfg.source, cfg.output), done, cfg.shard, None)
         path, total = store.write_listing((r.to_row() for r in refs), LISTING_SCHEMA)
         times["list_s"] = time.perf_counter() - start
         start = time.perf_counter()
         plan = plan_build(cfg, total)
         times["plan_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        ds = listing_dataset(store, path, plan.rows_per_block, cfg.resources.read_cpus)
         blocks = rows = 0
-        for bundle in ds.iter_internal_ref_bundles():
-            blocks += len(bundle.blocks)
-            rows += bundle.num_rows()
-        times["split_s"] = time.perf_counter() - start
+        if args.listing_cut:
+            start = time.perf_counter()
+            ds = listing_dataset(store, path, plan.rows_per_block, cfg.resources.read_cpus)
+            for bundle in ds.iter_internal_ref_bundles():
+                blocks += len(bundle.blocks)
+                rows += bundle.num_rows()
+            times["split_s"] = time.perf_counter() - start
     ray.shutdown()
     size = Path(path).stat().st_size
-    run = {"rows": rows, "blocks": blocks, "rows_per_block": plan.rows_per_block, "listing_bytes": size}
+    run = {"listed": args.listing_rows, "already_built": len(done), "to_build": total, "listing_bytes": size}
+    run |= {"rows": rows, "blocks": blocks, "rows_per_block": plan.rows_per_block}
     run |= times | {"driver_rss_before": base_rss, "driver_rss_peak": rss.peak}
+    cut = f"{times['split_s']:.1f} | {blocks:,} of {plan.rows_per_block}" if args.listing_cut else "not run | -"
     print(f"\n# build listing: {args.listing_rows:,} generated procedural uids, on {machine()}")
-    print("| rows | listing file | list + write (s) | plan | cut into blocks (s) | blocks | driver RSS before | peak |")
-    print("|---|---|---|---|---|---|---|---|")
     print(
-        f"| {rows:,} | {size / 2**20:.1f} MiB | {times['list_s']:.1f} | {times['plan_s'] * 1e3:.1f} ms | "
-        f"{times['split_s']:.1f} | {blocks:,} of {plan.rows_per_block} | {base_rss / 2**30:.2f} GiB | "
-        f"{rss.peak / 2**30:.2f} GiB |"
+        "| listed | already built | to build | listing file | list + write (s) | plan | cut into blocks (s) | blocks "
+        "| driver RSS before | peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.listing_rows:,} | {len(done):,} | {total:,} | {size / 2**20:.1f} MiB | {times['list_s']:.1f} | "
+        f"{times['plan_s'] * 1e3:.1f} ms | {cut} | {base_rss / 2**30:.2f} GiB | {rss.peak / 2**30:.2f} GiB |"
     )
     return run
 
@@ -418,6 +434,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--memory-shapes", type=int, default=4000)
     ap.add_argument("--bound-gib", type=float, default=0.25, help="resources.object_store_gib of the memory run")
     ap.add_argument("--listing-rows", type=int, default=1_000_000)
+    ap.add_argument("--listing-done", type=int, default=100_000, help="of them in an earlier run's shard")
+    ap.add_argument("--listing-cut", action=argparse.BooleanOptionalAction, default=True, help="cut into blocks")
     ap.add_argument("--objaverse-uids", type=int, default=800_000, help="uids of the generated Objaverse fixture")
     ap.add_argument("--objaverse-lvis", type=int, default=46_000, help="of them in the LVIS annotations")
     ap.add_argument("--objaverse-done", type=int, default=100_000, help="of them already in the existing build")

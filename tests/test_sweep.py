@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -140,3 +141,30 @@ def _check_tensorboard(run: Location, row: dict) -> None:
     assert start.session_start_info.hparams["lr"].number_value == pytest.approx(float(row["param.lr"]))
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert "eval/zeroshot_top1" in {m.name.tag for m in experiment.metric_infos}
+
+
+def test_the_readmes_sweep_line_runs_at_the_default_trial_resources(
+    small_build: Path, ray_address: str, tmp_path: Path, capsys
+) -> None:
+    """The README's sweep line as printed (its flags; shrunk only through --set) on the suite's 2-CPU Ray: the
+    recipe's trial resources fit, the plan is printed before the first trial, and all six trials finish."""
+    (line,) = [
+        s for s in (ROOT / "README.md").read_text().splitlines() if s.startswith(".venv/bin/python jobs/sweep.py")
+    ]
+    args = [a.replace("demo/build", str(small_build)) for a in shlex.split(line)[2:]]
+    shrink = ["epochs=1", "holdout_fraction=0.1", "batch_size=24", "eval_every=3", "checkpoint_every=1000"]
+    args += [a for s in shrink for a in ("--set", s)] + ["--storage", str(tmp_path), "--name", "readme"]
+    from jobs.sweep import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNI3D_CACHE", str(tmp_path / "scratch"))
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    plan = next(s for s in out.splitlines() if s.startswith("[sweep] plan: "))
+    assert "1 trial at once, each 1.55 CPUs (process 0.05 + 2 workers x 0.5 + data 0.5) and 0 GPUs" in plan, plan
+    assert out.index("[sweep] plan: ") < out.index("[sweep] 6 trials over model, lr")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "readme" / "report" / "trials.csv").read_text())))
+    assert sorted((r["param.model"], r["param.lr"]) for r in rows) == sorted(
+        (m, lr) for m in ("nano-s", "nano", "nano-l") for lr in ("1e-3", "3e-3")
+    )
+    assert all(r["status"] == "TERMINATED" and r["steps"] == r["total_steps"] for r in rows), rows

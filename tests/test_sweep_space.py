@@ -9,7 +9,15 @@ import pytest
 import uni3d
 from pipelines.build.manifest import Manifest
 from pipelines.settings import ConfigError, set_layers
-from pipelines.sweep.space import SweepConfig, fill_templates, grid_arguments, parse_space, plan_sweep
+from pipelines.sweep.space import (
+    SweepConfig,
+    describe_plan,
+    fill_templates,
+    fit_trials,
+    grid_arguments,
+    parse_space,
+    plan_sweep,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +86,31 @@ def test_every_trial_is_checked_before_any_starts(build: Path, tmp_path: Path) -
         plan_sweep(SweepConfig(data=str(tmp_path / "nothing"), space={"lr": [1e-3]}), [])
     with pytest.raises(ConfigError, match="gives two trials the same run folder"):
         plan_sweep(sweep(build, tmp_path, space={"lr": [1e-3, 2e-3]}, run_name="{model}"), [])
+
+
+def test_trial_resources_the_user_left_to_the_recipe_are_sized_to_the_cluster(build: Path, tmp_path: Path) -> None:
+    space = {"model": ["nano-s", "nano"], "lr": [1e-3, 3e-3]}
+    cfg = sweep(build, tmp_path, space=space)
+    plan = plan_sweep(cfg, [])  # the cpu recipe: 0.05 + 2 workers x 0.5 + data 0.5 = 1.55 CPUs
+    assert fit_trials(cfg, [], plan, cpus=2, gpus=0) is None  # fits: nothing changes
+    fitted = fit_trials(cfg, [], plan, cpus=1, gpus=0)  # a one-core laptop: the CPU requests shrink
+    assert fitted is not None and set(fitted.values) == {"worker_cpus", "data_cpus"}
+    after = plan_sweep(cfg, [fitted])
+    assert 0.99 <= after.trial_cpus <= 1.0 and after.biggest.num_workers == 2  # the same training, smaller asks
+    line = describe_plan(cfg, after, 1, fitted)
+    assert line.startswith("1 trial at once, each ") and "sized to the cluster (1 CPUs, 0 GPUs)" in line
+    # what the user set stays: only data_cpus is free, and 0.05 + 2 x 0.6 > 1 even with data at nothing
+    sets = set_layers(["worker_cpus=0.6"])
+    assert fit_trials(cfg, sets, plan_sweep(cfg, sets), cpus=1, gpus=0) is None  # check_resources refuses it
+    # GPU trials (the official recipe: 8 workers x 8 CPUs, a GPU each) on one 1-GPU, 16-CPU node
+    gpu = sweep(build, tmp_path, space=space, recipe="uni3d-b")
+    fitted = fit_trials(gpu, [], plan_sweep(gpu, []), cpus=16, gpus=1)
+    assert fitted is not None and fitted.values["num_workers"] == 1
+    after = plan_sweep(gpu, [fitted])
+    assert after.trial_gpus == 1 and after.trial_cpus <= 16
+    assert after.biggest.worker_cpus == 8.0  # one worker x 8 CPUs fits: its CPUs stay as the recipe gives them
+    chosen = sweep(build, tmp_path, space=space, recipe="uni3d-b", train={"num_workers": 4})
+    assert fit_trials(chosen, [], plan_sweep(chosen, []), cpus=64, gpus=2) is None  # train: is the user's own
 
 
 def test_a_timm_file_for_another_preset_is_refused_with_the_preset_it_fits(build: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ each shape ends up once, in a shard or in the failures table.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from pipelines.build.plan import BlockPlan, bytes_per_shape, plan_blocks
 from pipelines.build.schema import FAILURES_SCHEMA, SCHEMA_VERSION
 from pipelines.build.stages import LISTING_SCHEMA, Embedder, ShapeWorker, write_shards
 from pipelines.build.store import BuildStore
+from pipelines.build.uids import SeenUids, UidSet, uid_keys
 from pipelines.settings import ConfigError
 from pipelines.sources.dispatch import list_shapes, objaverse_config
 from pipelines.sources.shapes import ShapeRef
@@ -74,7 +76,7 @@ class BuildReport:
 class Resume:
     """What earlier runs left: the uids this run skips, and the failures it may build again."""
 
-    done: set[str]  # written, or failed and not to be retried
+    done: UidSet  # written, or failed and not to be retried
     retry: dict[str, str]  # uid -> stage of its transient failure; empty unless retry_failures
     transient: int  # transient failures recorded (not written since)
     permanent: int  # the other failures recorded
@@ -83,10 +85,12 @@ class Resume:
 def resume_state(store: BuildStore, retry_failures: bool) -> Resume:
     """Read the shards' uids and the failures table, classifying each failure as transient or permanent."""
     written = store.shard_uids()
-    failed = [row for row in store.failure_rows() if row["uid"] not in written]
+    rows = store.failure_rows()
+    kept = written.contains(uid_keys([row["uid"] for row in rows]))  # written since it failed
+    failed = [row for row, written_since in zip(rows, kept, strict=True) if not written_since]
     transient = {row["uid"]: row["stage"] for row in failed if failure_is_transient(row)}
     retry = transient if retry_failures else {}
-    done = written | {row["uid"] for row in failed if row["uid"] not in retry}
+    done = written | UidSet.of(row["uid"] for row in failed if row["uid"] not in retry)
     return Resume(done, retry, len(transient), len(failed) - len(transient))
 
 
@@ -94,21 +98,30 @@ def in_shard(uid: str, index: int, count: int) -> bool:
     return count == 1 or int(hashlib.sha1(uid.encode()).hexdigest()[:8], 16) % count == index
 
 
-def select(refs: Iterable[ShapeRef], done: set[str], shard: str, limit: int | None) -> Iterator[ShapeRef]:
-    """The refs this run builds: in its shard, not written before, at most ``limit``; duplicates refused."""
+def select(
+    refs: Iterable[ShapeRef], done: UidSet, shard: str, limit: int | None, chunk: int = 10_000
+) -> Iterator[ShapeRef]:
+    """The refs this run builds: in its shard, not written before, at most ``limit``; duplicates refused.
+
+    The refs are taken ``chunk`` at a time, their uids checked as digests (``pipelines.build.uids``): the driver
+    holds 16 bytes per listed uid, not a Python set of strings."""
     index, count = parse_shard(shard)
-    seen: set[str] = set()
+    seen = SeenUids()
     taken = 0
-    for ref in refs:
-        if ref.uid in seen:
-            raise ConfigError(f"source lists uid {ref.uid!r} twice; uids must be unique within a build")
-        seen.add(ref.uid)
-        if ref.uid in done or not in_shard(ref.uid, index, count):
-            continue
-        if limit is not None and taken >= limit:
-            return
-        taken += 1
-        yield ref
+    refs = iter(refs)
+    while batch := list(itertools.islice(refs, chunk)):
+        keys = uid_keys([ref.uid for ref in batch])
+        again = seen.add(keys)
+        if again.any():
+            uid = batch[int(np.argmax(again))].uid
+            raise ConfigError(f"source lists uid {uid!r} twice; uids must be unique within a build")
+        for ref, skip in zip(batch, done.contains(keys), strict=True):
+            if skip or not in_shard(ref.uid, index, count):
+                continue
+            if limit is not None and taken >= limit:
+                return
+            taken += 1
+            yield ref
 
 
 def renders_views(teacher: str, num_views: int) -> int:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from pipelines.build.manifest import Manifest, read_manifest, write_manifest
 from pipelines.build.schema import FAILURES_SCHEMA, parquet_write_options, rows_to_table
+from pipelines.build.uids import UidSet, uid_keys
 
 SHARDS, FAILURES, WORK, MANIFEST = "shards", "failures", "_work", "manifest.json"
 
@@ -55,16 +57,17 @@ class BuildStore:
     def failure_files(self) -> list[str]:
         return self._files(FAILURES)
 
-    def done_uids(self) -> set[str]:
+    def done_uids(self) -> UidSet:
         """uids already written as rows or as failures: a re-run skips them."""
-        return self.shard_uids() | {row["uid"] for row in self.failure_rows()}
+        return self.shard_uids() | UidSet.of(row["uid"] for row in self.failure_rows())
 
-    def shard_uids(self) -> set[str]:
-        """uids written as rows."""
-        done: set[str] = set()
-        for path in self.shard_files():
-            done.update(pq.read_table(path, columns=["uid"], filesystem=self.fs).column("uid").to_pylist())
-        return done
+    def shard_uids(self) -> UidSet:
+        """uids written as rows, as digests (16 bytes a shape in the driver)."""
+        keys = [
+            uid_keys(pq.read_table(path, columns=["uid"], filesystem=self.fs).column("uid").to_pylist())
+            for path in self.shard_files()
+        ]
+        return UidSet(np.concatenate(keys) if keys else None)
 
     def read_failures(self, path: str) -> pa.Table:
         """One failures file as ``FAILURES_SCHEMA``; a column added since it was written (``transient``) is null."""

@@ -40,7 +40,16 @@ from pipelines.ray_connect import data_progress
 from pipelines.settings import ConfigError, Layer
 from pipelines.storage import Location, is_uri
 from pipelines.sweep.report import TrialRecord, read_metrics_file, summarise_metrics, write_report
-from pipelines.sweep.space import SweepConfig, SweepPlan, fill_templates, plan_sweep, trial_config, trial_context
+from pipelines.sweep.space import (
+    SweepConfig,
+    SweepPlan,
+    describe_plan,
+    fill_templates,
+    fit_trials,
+    plan_sweep,
+    trial_config,
+    trial_context,
+)
 from pipelines.train.config import data_key
 from pipelines.train.driver import DataPrep, prepare_data, run_pretrain
 
@@ -125,10 +134,14 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, str) else value
 
 
-def check_resources(cfg: SweepConfig, plan: SweepPlan) -> int:
-    """Refuse trials bigger than the cluster; returns how many trials run at once."""
+def cluster_size() -> tuple[float, float]:
+    """The cluster's CPUs and GPUs, as Ray counts them now."""
     total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    return float(total.get("CPU", 0)), float(total.get("GPU", 0))
+
+
+def check_resources(cfg: SweepConfig, plan: SweepPlan, cpus: float, gpus: float) -> int:
+    """Refuse trials bigger than the cluster; returns how many trials run at once."""
     if cfg.check_fits and (plan.trial_cpus > cpus + 1e-9 or plan.trial_gpus > gpus + 1e-9):
         raise ConfigError(
             f"a trial asks for {plan.trial_cpus:g} CPUs and {plan.trial_gpus:g} GPUs (its process "
@@ -240,10 +253,18 @@ def check_same_sweep(cfg: SweepConfig, sets: list[Layer]) -> None:
         )
 
 
-def _describe(cfg: SweepConfig, sets: list[Layer]) -> dict[str, Any]:
+def _describe(cfg: SweepConfig, sets: list[Layer], fitted: Layer | None = None) -> dict[str, Any]:
     record = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     record["sets"] = [layer.source for layer in sets]
+    if fitted is not None:  # kept: a restored sweep's trials resume with the resources they started with
+        record["fitted"] = {"source": fitted.source, "values": fitted.values}
     return record
+
+
+def saved_fit(cfg: SweepConfig) -> Layer | None:
+    """The trial resources a sweep was sized to when it started (``sweep.json``), for its restore."""
+    saved = json.loads((cfg.folder / "sweep.json").read_text()).get("fitted")
+    return Layer(saved["source"], saved["values"]) if saved else None
 
 
 @dataclass
@@ -263,14 +284,20 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     """Run (or resume) the sweep; Ray must be initialised. Raises ConfigError before any trial on bad input."""
     cfg = absolute_paths(cfg)
     plan = plan_sweep(cfg, sets)
-    concurrent = check_resources(cfg, plan)
+    cpus, gpus = cluster_size()
     check_same_sweep(cfg, sets)
+    fitted = saved_fit(cfg) if (cfg.folder / "sweep.json").is_file() else fit_trials(cfg, sets, plan, cpus, gpus)
+    trial_sets = [*sets, fitted] if fitted is not None else list(sets)
+    if fitted is not None:
+        plan = plan_sweep(cfg, trial_sets)
+    concurrent = check_resources(cfg, plan, cpus, gpus)
     cfg.folder.mkdir()
-    (cfg.folder / "sweep.json").write_text(json.dumps(_describe(cfg, sets), indent=2))
+    (cfg.folder / "sweep.json").write_text(json.dumps(_describe(cfg, sets, fitted), indent=2))
+    log(f"[sweep] plan: {describe_plan(cfg, plan, concurrent, fitted)}")
     # Shape counts and the held-out split (its class names embedded by the teacher) once, not once per trial.
     prepared = tuple(prepare_data(train) for train in plan.by_data.values())
     ray_tqdm = DataContext.get_current().use_ray_tqdm  # as the job's connect() set it
-    spec = TrialSpec(cfg, tuple(sets), tuple(a.field for a in plan.axes), prepared, ray_tqdm)
+    spec = TrialSpec(cfg, tuple(trial_sets), tuple(a.field for a in plan.axes), prepared, ray_tqdm)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": cfg.trial_cpus})
     reporter = ReportCallback(cfg, spec, plan, log)
     # Each run writes its own TensorBoard events (with hparams): Tune's TensorBoard logger would add a second,
@@ -286,7 +313,7 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
         tuner = tune.Tuner.restore(str(cfg.folder), trainable, resume_unfinished=True, resume_errored=False)
     else:
         (cfg.folder / SCHEDULER_STATE).delete()  # left by a start killed before Tune saved
-        log(f"[sweep] {total} trials over {', '.join(spec.fields)}; up to {concurrent} at once -> {cfg.folder}")
+        log(f"[sweep] {total} trials over {', '.join(spec.fields)} -> {cfg.folder}")
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(plan, cfg.search),

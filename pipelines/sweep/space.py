@@ -13,6 +13,7 @@ wrong type, unknown presets, missing builds and ``timm:``/``run:`` files that do
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,6 +204,7 @@ class SweepPlan:
     trial_gpus: float
     max_steps: int  # the longest trial, in optimiser steps (ASHA's max_t)
     by_data: dict[tuple, TrainConfig] = field(default_factory=dict)  # one trial per data_key: what to prepare
+    biggest: TrainConfig | None = None  # the trial that asks for the most CPUs
 
     @property
     def num_trials(self) -> int | None:
@@ -225,6 +227,7 @@ def plan_sweep(cfg: SweepConfig, sets: list[Layer], where: str = "the sweep") ->
     names: set[str] = set()
     checked: set[tuple[str, str]] = set()
     by_data: dict[tuple, TrainConfig] = {}
+    biggest: TrainConfig | None = None
     for point in points:
         for bounds in _bound_samples(samplers):
             params = {**point, **bounds}
@@ -239,7 +242,10 @@ def plan_sweep(cfg: SweepConfig, sets: list[Layer], where: str = "the sweep") ->
                 _check_init(train, preset, manifests[train.data].embed_dim, where)
             if "{trial_id}" not in cfg.run_name:
                 names.add(run)
-            cpus = max(cpus, cfg.trial_cpus + train.num_workers * train.worker_cpus + train.data_cpus)
+            need = cfg.trial_cpus + train.num_workers * train.worker_cpus + train.data_cpus
+            if biggest is None or need > cpus:
+                biggest = train
+            cpus = max(cpus, need)
             gpus = max(gpus, float(train.num_workers) if train.use_gpu else 0.0)
             max_steps = max(max_steps, _estimate_steps(train, manifests[train.data].num_shapes))
             by_data.setdefault(data_key(train), train)
@@ -248,7 +254,62 @@ def plan_sweep(cfg: SweepConfig, sets: list[Layer], where: str = "the sweep") ->
             raise ConfigError(
                 f"run_name={cfg.run_name!r} gives two trials the same run folder; include {{trial_id}} in it"
             )
-    return SweepPlan(axes, points, manifests, cpus, gpus, max_steps, by_data)
+    return SweepPlan(axes, points, manifests, cpus, gpus, max_steps, by_data, biggest)
+
+
+FITTED = ("num_workers", "worker_cpus", "data_cpus")  # what a sweep sizes to the cluster, unless the user set it
+
+
+def user_fields(cfg: SweepConfig, sets: list[Layer]) -> set[str]:
+    """TrainConfig fields the user gave: ``--set``, the sweep file's ``train:``, or an axis of the space."""
+    return {k for layer in sets for k in layer.values} | set(cfg.train) | set(cfg.space)
+
+
+def fit_trials(cfg: SweepConfig, sets: list[Layer], plan: SweepPlan, cpus: float, gpus: float) -> Layer | None:
+    """Trial resources the user left to the recipe, sized so that a trial fits the cluster; None if it already does.
+
+    GPU trials get at most as many workers as the cluster has GPUs; the CPUs a trial's workers and its data tasks
+    ask for (Ray's logical CPUs: they place tasks, they do not change what a trial computes) shrink in
+    proportion until the trial fits. A fitted layer goes to every trial; the user's own values are never changed
+    (a trial still too big for the cluster is then refused by ``check_resources``)."""
+    train = plan.biggest
+    if not cfg.check_fits or train is None or (plan.trial_cpus <= cpus + 1e-9 and plan.trial_gpus <= gpus + 1e-9):
+        return None
+    free = [f for f in FITTED if f not in user_fields(cfg, sets)]
+    values: dict[str, Any] = {}
+    workers = train.num_workers
+    if train.use_gpu and "num_workers" in free and gpus >= 1 and workers > gpus:
+        workers = values["num_workers"] = int(gpus)
+    fixed = cfg.trial_cpus
+    flexible = 0.0
+    for name, amount in (("worker_cpus", workers * train.worker_cpus), ("data_cpus", train.data_cpus)):
+        if name in free:
+            flexible += amount
+        else:
+            fixed += amount
+    room = cpus - fixed
+    if flexible > 0 and room > 0 and fixed + flexible > cpus + 1e-9:
+        scale = room / flexible
+        for name in ("worker_cpus", "data_cpus"):
+            if name in free:
+                values[name] = math.floor(getattr(train, name) * scale * 1000) / 1000  # down: the sum fits
+    if not values:
+        return None
+    return Layer(f"sized to the cluster ({cpus:g} CPUs, {gpus:g} GPUs)", values)
+
+
+def describe_plan(cfg: SweepConfig, plan: SweepPlan, concurrent: int, fitted: Layer | None) -> str:
+    """One line: trials at once, and what each asks for."""
+    train = plan.biggest
+    head = f"{concurrent} trial{'s' if concurrent != 1 else ''} at once"
+    if train is None:
+        return head
+    workers = f"{train.num_workers} workers x {train.worker_cpus:g}"
+    parts = f"process {cfg.trial_cpus:g} + {workers} + data {train.data_cpus:g}"
+    line = f"{head}, each {plan.trial_cpus:g} CPUs ({parts}) and {plan.trial_gpus:g} GPUs"
+    if fitted is not None:
+        line += "; " + ", ".join(f"{k}={v}" for k, v in fitted.values.items()) + f", {fitted.source}"
+    return line
 
 
 def _bound_samples(samplers: list[Axis]) -> list[dict[str, Any]]:
