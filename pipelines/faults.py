@@ -8,7 +8,9 @@ never set in normal use:
 - ``build_hold_after_shards=K``: the build's driver stops reading once K shards are written, writes the
   file ``<out>/_work/fault-held`` and waits for ``<out>/_work/fault-release`` (a test removes a node
   in between).
-- ``sweep_kill_after_trials=N``: the sweep's driver kills itself as soon as N trials have finished.
+- ``sweep_kill_after_trials=N``: the sweep's driver kills itself as soon as N trials have finished; with
+  ``sweep_kill_at_step=S`` too, only once a trial started after them has then reported a result at step S or
+  later (its checkpoint of that step is in its run's storage by then: it is reported with it or before).
 - ``train_exit=R@S``: Ray Train rank R exits (``os._exit``) when it is about to take step S, once per
   run (the marker ``<run>/faults/exited-R@S`` says it happened; the restarted worker group goes on). It exits
   once the run's ``metrics.jsonl`` has the line of the last logged step before S, so every report made
@@ -16,6 +18,9 @@ never set in normal use:
   worker when it dies is lost).
 - ``train_hold=R@S``: rank R (``*``: every rank) writes ``<run>/faults/held-R@S`` (its node's id) when it is
   about to take step S, once per run, and waits there until its process is ended (a test removes its node).
+
+- ``train_fault_run=TEXT``: the Train faults above apply only to runs whose name contains TEXT (a sweep's trials
+  get the sweep driver's faults; this picks the trial).
 
 Train faults reach the workers through the trainer's loop config, so they work on any cluster the driver
 joins; the markers live in the run's storage (a local folder or a URI).
@@ -32,7 +37,15 @@ from collections.abc import Callable
 from typing import Any
 
 ENV = "UNI3D_FAULTS"
-KEYS = ("build_kill_after_shards", "build_hold_after_shards", "sweep_kill_after_trials", "train_exit", "train_hold")
+KEYS = (
+    "build_kill_after_shards",
+    "build_hold_after_shards",
+    "sweep_kill_after_trials",
+    "sweep_kill_at_step",
+    "train_exit",
+    "train_hold",
+    "train_fault_run",
+)
 
 
 def faults() -> dict[str, str]:
@@ -85,8 +98,12 @@ def after_shards(written: int, work_dir: Callable[[str], Any]) -> None:
                 time.sleep(0.1)
 
 
-def train_fault() -> dict[str, tuple[int, int]]:
-    """The Train faults for the loop config: ``{"exit" | "hold": (rank, step)}``, rank -1 for every rank."""
+def train_fault(run_name: str = "") -> dict[str, tuple[int, int]]:
+    """The Train faults for the loop config: ``{"exit" | "hold": (rank, step)}``, rank -1 for every rank; none
+    for a run whose name does not contain ``train_fault_run`` when that is set."""
+    only = faults().get("train_fault_run")
+    if only and only not in run_name:
+        return {}
     out = {}
     for kind in ("exit", "hold"):
         spec = faults().get(f"train_{kind}")

@@ -201,7 +201,7 @@ def test_the_report_states_the_few_shot_protocol_and_what_was_left_out(tmp_path:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_evaluate_official_sets_with_two_actors_is_exact(tmp_path: Path) -> None:
+def test_evaluate_official_sets_with_two_actors_is_exact(all_actors_before_work: None, tmp_path: Path) -> None:
     from jobs.evaluate import main
     from pipelines.evaluate.config import EvalConfig
     from pipelines.evaluate.run import _points, score
@@ -220,6 +220,14 @@ def test_evaluate_official_sets_with_two_actors_is_exact(tmp_path: Path) -> None
         assert 0 <= report["top1"] <= report["top3"] <= report["top5"] <= 100
         assert (ckpt / "eval" / f"{name}.md").read_text().startswith(f"# Zero-shot: {name}")
         assert (ckpt / "eval" / f"{name}_confusion.png").stat().st_size > 1000
+        # planned blocks as the build's (a divisor of batch_size, 8 per actor wanted: one shape each for these
+        # small sets), one task each (Ray Data's
+        # own count), and both actors embedded some
+        plan, shares = report["meta"]["plan"], report["meta"]["rows_by_worker"]
+        assert 5 % plan["rows_per_block"] == 0 and plan["num_blocks"] >= min(16, plan["total"]), plan
+        stats = (ckpt / "eval" / f"{name}-ray-data.txt").read_text()
+        assert f"MapBatches(PointEmbedder): {plan['num_blocks']} tasks executed" in stats, stats[:2000]
+        assert len(shares) == 2 and sum(shares.values()) == report["num_samples"], shares
     # the same numbers as one process embedding everything at once
     es = read_modelnet40(tmp_path / "eval")
     with torch.no_grad():

@@ -100,9 +100,16 @@ def test_evaluate_reads_the_checkpoint_and_the_build_from_the_bucket_and_writes_
 ) -> None:
     from jobs.evaluate import main
 
-    assert main(["--checkpoint", f"{run}/final", "--sets", build, "--set", "num_workers=1"]) == 0
+    argv = ["--checkpoint", f"{run}/final", "--sets", build, "--set", "num_workers=2", "--set", "worker_cpus=0.5"]
+    assert main(argv) == 0
     report = json.loads((Location.of(run) / "final" / "eval" / "build.json").read_text())
     assert report["num_samples"] > 0 and report["meta"]["checkpoint"] == f"{run}/final"
+    # the held-out rows (a few from each shard file) re-cut into the planned blocks as they stream: one
+    # embedding task per block (Ray Data's own count), whatever the shard files held
+    plan = report["meta"]["plan"]
+    stats = (Location.of(run) / "final" / "eval" / "build-ray-data.txt").read_text()
+    assert f"MapBatches(PointEmbedder): {plan['num_blocks']} tasks executed" in stats, stats[:2000]
+    assert sum(report["meta"]["rows_by_worker"].values()) == report["num_samples"]
     assert {"build.json", "build.md", "build_confusion.png"} <= {
         k.rsplit("/", 1)[-1] for k in s3.keys("uni3d/runs/r/final/eval")
     }

@@ -82,7 +82,15 @@ def gallery(ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     )
     out = root.parent / "gallery"
     argv = ["--checkpoint", str(ckpt), "--root", str(root), "--metadata", str(root / "meta.jsonl")]
-    assert main([*argv, "--out", str(out), "--set", "num_points=512", "--set", "batch_size=4"]) == 0
+    sets = ["num_points=512", "batch_size=2", "embed_workers=2", "embed_worker_cpus=0.25", "shape_worker_cpus=0.25"]
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 120  # both embedding actors up before work
+    try:
+        assert main([*argv, "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
+    finally:
+        ctx.wait_for_min_actors_s = saved
     return out, ckpt
 
 
@@ -100,15 +108,21 @@ def test_embed_writes_a_gallery_records_broken_files_and_resumes(gallery: tuple[
     failures = pq.read_table(out / "failures").to_pylist()
     assert {f["uid"]: f["stage"] for f in failures} == {"empty.obj": "load", "truncated.glb": "load"}
     assert all(f["uid"] in f["message"] for f in failures)  # the message names the file
-    # The listing was cut into blocks (9 files, 1 shape worker: 8 blocks wanted, so 2 rows each): Ray Data ran
-    # 5 shape tasks and 3 embedding tasks (4 + 4 + 1 shapes, one gallery shard or failures file each).
+    # The listing was cut into blocks (9 files, 1 shape worker: 8 blocks wanted, at most batch_size=2 rows, so
+    # 2 rows each): Ray Data ran 5 shape tasks, 5 embedding tasks over the two embedding actors, and 5 writer
+    # tasks (2 + 2 + 2 + 2 + 1 shapes, one gallery shard and/or failures file each).
     (stats,) = out.glob("stats/embed-*.json")
     record = json.loads(stats.read_text())
     assert record["plan"]["num_blocks"] == 5 and record["embedded"] == 7 and record["failed"] == 2
     assert sum(record["rows_by_worker"]["shape"].values()) == 9
+    assert sorted(record["rows_by_worker"]["embed"].values()) in ([4, 5], [3, 6], [2, 7], [1, 8]), record
+    assert sum(record["rows_by_worker"]["writer"].values()) == 9
     ray_data = stats.with_name(stats.stem + "-ray-data.txt").read_text()
     assert "MapBatches(ShapeWorker): 5 tasks executed" in ray_data
-    assert "MapBatches(GalleryEmbedder): 3 tasks executed" in ray_data
+    assert "MapBatches(GalleryEmbedder): 5 tasks executed" in ray_data
+    assert "MapBatches(write_gallery_shard): 5 tasks executed" in ray_data
+    files = {p.name for folder in ("shards", "failures") for p in (out / folder).glob("*.parquet")}
+    assert len(files) >= 4  # a shard per batch of good shapes, a failures file per batch with broken files
     root = next(p for p in out.parent.iterdir() if p.name.startswith("meshes"))
     assert main(["--checkpoint", str(ckpt), "--root", str(root), "--out", str(out), "--set", "num_points=512"]) == 0
     assert "0 shapes to embed (9 already in" in capsys.readouterr().out

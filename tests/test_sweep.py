@@ -1,9 +1,11 @@
 """Ray Tune sweeps of pretraining end to end, on the suite's shared build, with the sweep's storage in a real S3 API
-(moto's server on 127.0.0.1): a sweep whose driver is killed as soon as its first trial has finished (an injected
-fault, ``pipelines.faults``) is restored from the bucket and trains nothing twice; ASHA stops the trailing trial
-against the rungs recorded before the kill; a failing trial is reported with its error while the others go on; every
-trial starts from a checkpoint in the bucket; the report, TensorBoard per trial, MLflow; a trial bigger than the
-cluster is refused before any starts."""
+(moto's server on 127.0.0.1): the README's sweep line with its own flags (shrunk only through --set) runs on the
+suite's Ray; its driver is killed (an injected fault, ``pipelines.faults``) once a trial has finished and another
+has checkpointed; the same command restores it from the bucket: Tune's own state keeps the finished trial, the
+interrupted one continues from its checkpoint, ASHA stops trials on the periodic held-out zero-shot top-1 against
+the rungs recorded before the kill, a trial whose worker is lost beyond its retries is reported as ERROR with its
+cause while the others go on; the report, TensorBoard per trial, MLflow; a trial bigger than the cluster is refused
+before any starts."""
 
 from __future__ import annotations
 
@@ -14,25 +16,30 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, job_env
 
-import uni3d
 from pipelines.storage import Location
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-# the shared build, 10% held out: 167 training shapes / 1 worker / batch 24 = 6 steps in the one epoch
-TRIAL = ["model=nano", "num_workers=1", "worker_cpus=0.8", "data_cpus=0.1", "batch_size=24", "epochs=1"]
-TRIAL += ["holdout_fraction=0.1", "warmup_steps=2", "eval_every=4", "log_every=2", "checkpoint_every=4"]
-TRIAL += ["strategy=ddp", "max_nonfinite=1", "max_failures=0"]
+# the shared build, 10% held out: 167 training shapes / 1 worker / batch 16 = 10 steps in the one epoch; two trials
+# at once (0.05 + 0.45 + 0.45 CPUs each); every step logged, a checkpoint and an evaluation every 2 steps
+SHRINK = ["epochs=1", "num_workers=1", "worker_cpus=0.45", "data_cpus=0.45", "holdout_fraction=0.1"]
+SHRINK += ["warmup_steps=2", "eval_every=2", "log_every=1", "checkpoint_every=2", "strategy=ddp", "max_failures=0"]
+# sweep fields: ASHA on the real metric (rungs at steps 4 and 8), the bucket, run folders named by their values
+SHRINK += ["scheduler=asha", "grace_period=4", "storage=s3://uni3d-sweeps/sweeps", "name=s", "run_name={model}-{lr}"]
 SWEEP = "s3://uni3d-sweeps/sweeps/s"
+LOST = "nano-l-3e-3"  # the trial whose worker exits before step 3, with no retries left
 
 
-def argv(build: Path, *args: str, name: str = "s") -> list[str]:
-    sets = [a for s in TRIAL for a in ("--set", s)]
-    return ["--data", str(build), "--storage", "s3://uni3d-sweeps/sweeps", "--name", name, *sets, *args]
+def readme_line(build: Path) -> list[str]:
+    """The README's sweep line, its arguments as printed, on the suite's build."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    (line,) = [s for s in readme if s.startswith(".venv/bin/python jobs/sweep.py")]
+    return [a.replace("demo/build", str(build)) for a in shlex.split(line)[2:]]
 
 
 def records(sweep: str) -> list[dict]:
@@ -43,59 +50,111 @@ def metric_lines(run: Location) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def init(s3, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A checkpoint in the bucket that every trial starts from (``init=run:<uri>``)."""
-    s3.bucket("uni3d-sweeps")
-    folder = tmp_path_factory.mktemp("init") / "ckpt"
-    uni3d.save_checkpoint(
-        uni3d.create_model("nano", embed_dim=384), folder, meta={"teacher": "minilm:all-MiniLM-L6-v2"}
-    )
-    Location.of("s3://uni3d-sweeps/init/ckpt").upload(folder)
-    return "s3://uni3d-sweeps/init/ckpt"
+def tune_results(sweep: str) -> dict[str, list[dict]]:
+    """Tune's own record of each trial: the results in ``<trial folder>/result.json``, by trial id."""
+    out: dict[str, list[dict]] = {}
+    for f in Location.of(sweep).files():
+        if f.uri.endswith("/result.json"):
+            lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            if lines:
+                out.setdefault(lines[0]["trial_id"], []).extend(lines)
+    return out
 
 
-def test_a_killed_sweep_is_restored_from_the_bucket_asha_stops_the_trailing_trial_and_a_failing_one_is_reported(
-    small_build: Path, init: str, ray_address: str, tmp_path: Path, capsys
+def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keeps_stops_resumes_and_reports(
+    small_build: Path, s3, ray_address: str, tmp_path: Path, capsys
 ) -> None:
-    # Trials one at a time, in the grid's order. ASHA ranks them by the learning rate they report (a few steps of
-    # training are too noisy to rank on): the 1e-12 trial trails the 3e-3 one at the first rung and is stopped.
-    # lr 1e30 makes the loss non-finite at once; max_nonfinite=1 stops that run.
-    args = argv(small_build, "--grid", "lr=3e-3,1e-12,1e30", "--set", f"init=run:{init}", "--set", "scheduler=asha")
-    args += ["--set", "metric=lr", "--set", "mode=max", "--set", "grace_period=4", "--set", "max_concurrent_trials=1"]
+    from jobs.sweep import main, parse_args
+    from pipelines.sweep.run import check_resources, cluster_size
+    from pipelines.sweep.space import fit_trials, plan_sweep
+
+    s3.bucket("uni3d-sweeps")
+    args = readme_line(small_build) + [a for s in SHRINK for a in ("--set", s)]
+    # The README's trials at the recipe's resources fit the suite's 2-CPU Ray as they are (sized, were they not).
+    cfg, sets, _ = parse_args(readme_line(small_build))
+    plan = plan_sweep(cfg, sets)
+    assert fit_trials(cfg, sets, plan, *cluster_size()) is None and check_resources(cfg, plan, *cluster_size()) == 1
+    assert plan.trial_cpus == pytest.approx(1.55) and plan.num_trials == 6
+
     scratch = {"UNI3D_CACHE": str(tmp_path / "scratch")}  # MLflow's SQLite file, on the driver's scratch
+    lost = f"train_exit=0@3,train_fault_run={LOST}"
     cmd = [sys.executable, str(ROOT / "jobs" / "sweep.py"), *args]
-    env = job_env(ray_address, UNI3D_FAULTS="sweep_kill_after_trials=1", **scratch)  # joins the suite's Ray
+    faults = f"sweep_kill_after_trials=1,sweep_kill_at_step=2,{lost}"
+    env = job_env(ray_address, UNI3D_FAULTS=faults, **scratch)  # joins the suite's Ray
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, start_new_session=True)
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout
+    plan_line = next(s for s in out.splitlines() if s.startswith("[sweep] plan: "))  # before the first trial
+    assert plan_line.startswith("[sweep] plan: 2 trials at once, each 0.95 CPUs") and out.index(plan_line) < out.index(
+        "[sweep] 6 trials over model, lr"
+    ), plan_line
     # the job's stdout is not a terminal: the trials' datasets log lines, no tqdm bars (Ray Data's or a teacher's)
     bars = [line for line in (first.stdout + first.stderr).splitlines() if "it/s]" in line or "row/s]" in line]
     assert not bars, bars[:5]
-    (done,) = [r for r in records(SWEEP) if r["status"] == "TERMINATED"]  # the report, written while trials run
-    assert done["param.lr"] == "3e-3"
-
-    from jobs.sweep import main
+    finished = {r["trial_id"]: r["status"] for r in records(SWEEP) if r["status"] in ("TERMINATED", "STOPPED")}
+    assert finished, records(SWEEP)
+    restored_at = time.time()
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("UNI3D_CACHE", scratch["UNI3D_CACHE"])
+        mp.setenv("UNI3D_FAULTS", lost)
         assert main(args) == 0  # the same command: restored from the bucket
     out = capsys.readouterr().out
     assert f"resuming {SWEEP}" in out, first.stderr[-3000:] + out[-3000:]
-    assert "'ERROR': 1" in out, out[-3000:]  # the summary line: {'TERMINATED': 1, 'STOPPED': 1, 'ERROR': 1}
 
-    rows = {r["param.lr"]: r for r in records(SWEEP)}
-    assert sorted(rows) == ["1e-12", "1e30", "3e-3"]
-    assert rows["3e-3"]["status"] == "TERMINATED" and rows["3e-3"]["steps"] == rows["3e-3"]["total_steps"] == "6"
-    assert rows["1e-12"]["status"] == "STOPPED" and int(rows["1e-12"]["steps"]) < 6, rows["1e-12"]  # ASHA, rung 1
-    assert rows["1e30"]["status"] == "ERROR" and "not finite" in rows["1e30"]["error"], rows["1e30"]
-    for lr, row in rows.items():
+    rows = {r["run_dir"].rsplit("/", 1)[-1]: r for r in records(SWEEP)}
+    assert len(rows) == 6, rows.keys()
+    after = tune_results(SWEEP)
+    starts = {
+        name: (Location.of(SWEEP) / row["run_dir"] / "trial_starts.jsonl").read_text() for name, row in rows.items()
+    }
+    continued = []
+    for name, row in rows.items():
         run = Location.of(SWEEP) / row["run_dir"]
-        config = json.loads((run / "config.json").read_text())
-        assert config["train"]["init"] == f"run:{init}"  # kept as a URI
-        if lr == "3e-3":  # finished before the kill: never started again
-            assert len((run / "trial_starts.jsonl").read_text().splitlines()) == 1
-            assert (run / "final" / "config.json").is_file(), "\n".join(f.uri for f in run.files())
-        if lr != "1e30":
+        times = [json.loads(x)["time"] for x in starts[name].splitlines()]
+        if row["trial_id"] in finished:
+            # kept: Tune did not start it again (its own results are those from before the kill) and neither
+            # did the trainable (one start)
+            assert row["status"] == finished[row["trial_id"]] and len(times) == 1, (name, row)
+            assert after[row["trial_id"]] and all(r["timestamp"] < restored_at for r in after[row["trial_id"]]), name
+        elif len(times) == 2:  # interrupted by the kill: it continued from its last checkpoint (if it had one)
+            lines = [m for m in metric_lines(run) if "loss" in m]
+            before_kill = [m["step"] for m in lines if m["time"] < times[1]]
+            resumed = [m["step"] for m in lines if m["time"] > times[1]]
+            # the first step after the restore follows a checkpoint (every 2 steps) taken before the kill
+            assert resumed and resumed[0] % 2 == 1 and resumed[0] - 1 <= max(before_kill, default=0), (name, lines)
+            if resumed[0] > 1:
+                continued.append(name)
+                # Tune's own record: the same trial (its id) went on; its first result after the restore is the
+                # first evaluation after that checkpoint
+                tune_steps = [r["step"] for r in after[row["trial_id"]] if r["timestamp"] >= int(restored_at)]
+                assert tune_steps and tune_steps[0] == resumed[0] + 1, (name, tune_steps, resumed)
+    assert continued, starts  # the trial whose step-2 report set off the kill had its step-2 checkpoint
+    # the lost worker: ERROR with its cause, and the other trials went on
+    assert rows[LOST]["status"] == "ERROR" and "worker process has died" in rows[LOST]["error"], rows[LOST]
+    others = [r["status"] for name, r in rows.items() if name != LOST]
+    assert set(others) <= {"TERMINATED", "STOPPED"} and len(others) == 5, others
+    # ASHA on the held-out top-1: at least one trial stopped early, each at a rung (its last result in Tune's own
+    # record) where its top-1 was below that of another trial at the same step, as the runs logged it
+    stopped = [r for r in rows.values() if r["status"] == "STOPPED"]
+    assert stopped and all(int(r["steps"]) < int(r["total_steps"]) == 10 for r in stopped), rows
+    at_step = {
+        (tid, res["step"]): res["zeroshot_top1"]
+        for tid, results in after.items()
+        for res in results
+        if "zeroshot_top1" in res
+    }
+    for r in stopped:
+        last = after[r["trial_id"]][-1]
+        assert last["step"] in (4, 8), last  # ASHA's rungs: grace_period 4, reduction factor 2, 10 steps
+        others = [v for (tid, step), v in at_step.items() if step == last["step"] and tid != r["trial_id"]]
+        assert others and last["zeroshot_top1"] < max(others), (r, last, others)
+        lines = metric_lines(Location.of(SWEEP) / r["run_dir"])
+        logged = {m["step"]: m["zeroshot_top1"] for m in lines if "zeroshot_top1" in m}
+        assert logged[last["step"]] == pytest.approx(last["zeroshot_top1"])  # the real metric, as the run logged it
+    for name, row in rows.items():
+        run = Location.of(SWEEP) / row["run_dir"]
+        if name != LOST:
             evals = [m for m in metric_lines(run) if "zeroshot_top1" in m]
             assert evals and float(row["best_top1"]) == pytest.approx(max(m["zeroshot_top1"] for m in evals))
             assert float(row["final_top1"]) == pytest.approx(evals[-1]["zeroshot_top1"])
@@ -106,21 +165,22 @@ def test_a_killed_sweep_is_restored_from_the_bucket_asha_stops_the_trailing_tria
     for png in ("scaling.png", "curves.png", "init_ablation.png"):
         assert (Location.of(SWEEP) / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (Location.of(SWEEP) / "report" / "index.html").read_text()
-    assert (
-        all(r["trial_id"] in html for r in rows.values())
-        and "ERROR" in (Location.of(SWEEP) / "report" / "trials.md").read_text()
-    )
+    assert all(r["trial_id"] in html for r in rows.values())
+    assert "ERROR" in (Location.of(SWEEP) / "report" / "trials.md").read_text()
     # MLflow (installed with the [sweep] extra): a run per trial with its parameters, on the driver's scratch
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'scratch' / 'mlflow' / 's.db'}")
     logged = mlflow.search_runs(experiment_names=["s"], output_format="list")
-    assert {r.data.params["lr"] for r in logged} == {"3e-3", "1e-12", "1e30"}
+    assert {(r.data.params["model"], r.data.params["lr"]) for r in logged} == {
+        (m, lr) for m in ("nano-s", "nano", "nano-l") for lr in ("1e-3", "3e-3")
+    }
     assert any("zeroshot_top1" in r.data.metrics for r in logged)
 
     # a trial bigger than the cluster is refused before any starts: 3 workers x 0.8 CPUs on 2 CPUs
-    assert main(argv(small_build, "--grid", "lr=1e-3", "--set", "num_workers=3", name="big")) == 2
-    assert capsys.readouterr().err.startswith("error: a trial asks for 2.55 CPUs")
+    big = ["--data", str(small_build), "--grid", "lr=1e-3", "--storage", "s3://uni3d-sweeps/sweeps", "--name", "big"]
+    assert main([*big, "--set", "num_workers=3", "--set", "worker_cpus=0.8"]) == 2
+    assert capsys.readouterr().err.startswith("error: a trial asks for ")
     assert not (Location.of("s3://uni3d-sweeps/sweeps/big") / "runs").exists()
 
 
@@ -141,30 +201,3 @@ def _check_tensorboard(run: Location, row: dict) -> None:
     assert start.session_start_info.hparams["lr"].number_value == pytest.approx(float(row["param.lr"]))
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert "eval/zeroshot_top1" in {m.name.tag for m in experiment.metric_infos}
-
-
-def test_the_readmes_sweep_line_runs_at_the_default_trial_resources(
-    small_build: Path, ray_address: str, tmp_path: Path, capsys
-) -> None:
-    """The README's sweep line as printed (its flags; shrunk only through --set) on the suite's 2-CPU Ray: the
-    recipe's trial resources fit, the plan is printed before the first trial, and all six trials finish."""
-    (line,) = [
-        s for s in (ROOT / "README.md").read_text().splitlines() if s.startswith(".venv/bin/python jobs/sweep.py")
-    ]
-    args = [a.replace("demo/build", str(small_build)) for a in shlex.split(line)[2:]]
-    shrink = ["epochs=1", "holdout_fraction=0.1", "batch_size=24", "eval_every=3", "checkpoint_every=1000"]
-    args += [a for s in shrink for a in ("--set", s)] + ["--storage", str(tmp_path), "--name", "readme"]
-    from jobs.sweep import main
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UNI3D_CACHE", str(tmp_path / "scratch"))
-        assert main(args) == 0
-    out = capsys.readouterr().out
-    plan = next(s for s in out.splitlines() if s.startswith("[sweep] plan: "))
-    assert "1 trial at once, each 1.55 CPUs (process 0.05 + 2 workers x 0.5 + data 0.5) and 0 GPUs" in plan, plan
-    assert out.index("[sweep] plan: ") < out.index("[sweep] 6 trials over model, lr")
-    rows = list(csv.DictReader(io.StringIO((tmp_path / "readme" / "report" / "trials.csv").read_text())))
-    assert sorted((r["param.model"], r["param.lr"]) for r in rows) == sorted(
-        (m, lr) for m in ("nano-s", "nano", "nano-l") for lr in ("1e-3", "3e-3")
-    )
-    assert all(r["status"] == "TERMINATED" and r["steps"] == r["total_steps"] for r in rows), rows

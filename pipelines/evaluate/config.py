@@ -45,6 +45,7 @@ class EmbedConfig:
     shape_worker_cpus: float = 0.5  # with the embedder's, leaves room for the read tasks on 2 cores
     embed_workers: int = 1
     embed_worker_cpus: float = 0.5
+    writer_cpus: float = 0.1  # per writer task (one gallery shard each); Ray Data runs as many as fit
     read_cpus: float = 0.25
     use_gpu: bool = False
     object_store_gib: float = 0.0  # 0 = Ray Data's default, half the cluster's object store

@@ -2,10 +2,11 @@
 
 The shapes come from any build source (a local folder of meshes in any format the loader reads, Objaverse,
 procedural); the listing is cut into small blocks as the build's is (``pipelines.build.plan``), loaded and
-sampled by the build's ``ShapeWorker`` actors and embedded by ``GalleryEmbedder`` actors that hold the
-model and write one shard per batch; ``stats/embed-<time>.json`` records which actor did how many. A shape that fails is
-recorded in ``failures/`` with the file and the reason, and the job goes on; a re-run skips the uids
-already written (rows or failures), so a stopped job resumes.
+sampled by the build's ``ShapeWorker`` actors, embedded by ``GalleryEmbedder`` actors that hold the model,
+and written by a pool of writer tasks, one shard per batch (as the build writes, so a slow disk or object
+store never stalls the embedding actors); ``stats/embed-<time>.json`` records which actor did how many.
+A shape that fails is recorded in ``failures/`` with the file and the reason, and the job goes on; a re-run
+skips the uids already written (rows or failures), so a stopped job resumes.
 
 Gallery rows: ``uid``, ``source``, ``locator`` (the mesh path), ``category`` (may be null), ``texts``,
 ``has_color``, ``num_points``, ``xyz``/``rgb`` (the build's cell encoding) and ``embedding`` (float32,
@@ -43,9 +44,8 @@ from uni3d.hub import is_hub
 
 INFO = "gallery.json"
 # One row per shape back to the driver: its failure stage ("" when embedded) and who did the work.
-SUMMARY_SCHEMA = pa.schema(
-    [(name, pa.string()) for name in ("uid", "stage", "shape_worker", "shape_node", "embed_worker", "embed_node")]
-)
+_SUMMARY = ("uid", "stage", "shape_worker", "shape_node", "embed_worker", "embed_node", "writer", "writer_node")
+SUMMARY_SCHEMA = pa.schema([(name, pa.string()) for name in _SUMMARY])
 
 
 def gallery_schema(embed_dim: int) -> pa.Schema:
@@ -66,47 +66,67 @@ def gallery_schema(embed_dim: int) -> pa.Schema:
 
 
 class GalleryEmbedder:
-    """Ray Data actor: sampled shapes -> embeddings, written as one gallery shard (and failures) per batch."""
+    """Ray Data actor: sampled shapes -> the same rows with their embeddings (null where a stage failed) and the
+    actor that did them. It writes nothing: the writer tasks do (``write_gallery_shard``)."""
 
-    def __init__(self, checkpoint: str, output: str, device: str = "auto") -> None:
+    def __init__(self, checkpoint: str, device: str = "auto") -> None:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
         with local_copy(checkpoint) as path:  # a URI is copied to this node for the load
             self.model = uni3d.load_checkpoint(path).to(self.device).eval()
-        self.store = BuildStore(output)
-        self.schema = gallery_schema(self.model.embed_dim)
+        self.schema = embedded_schema(self.model.embed_dim)
         self.worker, self.node = worker_identity()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        good = [r for r in rows if not r.get("error_stage")]
-        failures = [_failure(r) for r in rows if r.get("error_stage")]
-        out: list[dict[str, Any]] = []
         by_size: dict[int, list[dict[str, Any]]] = {}
-        for r in good:
-            by_size.setdefault(int(r["num_points"]), []).append(r)
+        for r in rows:
+            r["embedding"] = None
+            if not r.get("error_stage"):
+                by_size.setdefault(int(r["num_points"]), []).append(r)
         for group in by_size.values():  # one forward per point count (the model takes any N)
             cells = {c: pa.array([r[c] for r in group], pa.binary()) for c in ("xyz", "rgb")}
             points = torch.from_numpy(decode_points_batch(cells))
             with torch.no_grad():
                 emb = self.model.encode_pc(points.to(self.device)).float().cpu().numpy()
             for r, e in zip(group, emb, strict=True):
-                out.append({name: r.get(name) for name in self.schema.names if name != "embedding"} | {"embedding": e})
-        name = "part-" + hashlib.sha1("\n".join(sorted(r["uid"] for r in rows)).encode()).hexdigest()[:16]
-        if failures:
-            self.store.write_table(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), "failures", name)
-        if out:
-            self.store.write_table(pa.Table.from_pylist(out, schema=self.schema), SHARDS, name)
-        return pa.table(
-            {
-                "uid": [r["uid"] for r in rows],
-                "stage": [r.get("error_stage") or "" for r in rows],
-                "shape_worker": [r.get("shape_worker") for r in rows],
-                "shape_node": [r.get("shape_node") for r in rows],
-                "embed_worker": [self.worker] * len(rows),
-                "embed_node": [self.node] * len(rows),
-            },
-            schema=SUMMARY_SCHEMA,
-        )
+                r["embedding"] = e
+        out = [{name: r.get(name) for name in self.schema.names} for r in rows]
+        for r in out:
+            r["embed_worker"], r["embed_node"] = self.worker, self.node
+        return pa.Table.from_pylist(out, schema=self.schema)
+
+
+def embedded_schema(embed_dim: int) -> pa.Schema:
+    """What the embedding actors hand the writers: gallery rows, the failure of a shape that failed, who did it."""
+    extra = ("error_stage", "error_type", "error_message", "shape_worker", "shape_node", "embed_worker", "embed_node")
+    return pa.schema([*gallery_schema(embed_dim), *[(name, pa.string()) for name in extra]])
+
+
+def write_gallery_shard(batch: pa.Table, output: str) -> pa.Table:
+    """A Ray Data task: one gallery shard (and a failures file) per batch, named by its uids; one summary row per
+    shape back to the driver. Tasks, not actors, so that a slow disk or object store adds writers instead of
+    stalling the embedding actors."""
+    rows = batch.to_pylist()
+    good = [r for r in rows if not r.get("error_stage")]
+    failures = [_failure(r) for r in rows if r.get("error_stage")]
+    schema = gallery_schema(batch.schema.field("embedding").type.list_size)
+    store = BuildStore(output)
+    name = "part-" + hashlib.sha1("\n".join(sorted(r["uid"] for r in rows)).encode()).hexdigest()[:16]
+    if failures:
+        store.write_table(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), "failures", name)
+    if good:
+        store.write_table(pa.Table.from_pylist(good, schema=schema), SHARDS, name)
+    writer, node = worker_identity()
+    return pa.table(
+        {
+            "uid": [r["uid"] for r in rows],
+            "stage": [r.get("error_stage") or "" for r in rows],
+            **{col: [r.get(col) for r in rows] for col in ("shape_worker", "shape_node", "embed_worker", "embed_node")},
+            "writer": [writer] * len(rows),
+            "writer_node": [node] * len(rows),
+        },
+        schema=SUMMARY_SCHEMA,
+    )
 
 
 def _failure(row: dict[str, Any]) -> dict[str, str]:
@@ -146,16 +166,23 @@ def _embed_listing(cfg: EmbedConfig, store: BuildStore, listing: str, total: int
     ds = ds.map_batches(
         GalleryEmbedder,
         batch_format="pyarrow",
-        batch_size=plan.embed_rows,  # whole blocks: one gallery shard of batch_size shapes per batch
-        fn_constructor_kwargs=dict(checkpoint=cfg.checkpoint, output=cfg.output),
+        batch_size=plan.embed_rows,  # whole blocks of batch_size shapes
+        fn_constructor_kwargs=dict(checkpoint=cfg.checkpoint),
         compute=ray.data.ActorPoolStrategy(size=cfg.embed_workers),
         num_cpus=cfg.embed_worker_cpus,
         num_gpus=1 if cfg.use_gpu else 0,
     )
+    ds = ds.map_batches(  # blocks divide batch_size (the plan), so each batch is one shard's rows
+        write_gallery_shard,
+        batch_format="pyarrow",
+        batch_size=cfg.batch_size,
+        fn_kwargs=dict(output=cfg.output),
+        num_cpus=cfg.writer_cpus,
+    )
     ds.context.execution_options.preserve_order = True  # the same meshes give the same gallery shards
     limit_object_store(ds, plan.budget_bytes)
-    by_worker: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
-    by_node: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter()}
+    by_worker: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter(), "writer": Counter()}
+    by_node: dict[str, Counter[str]] = {"shape": Counter(), "embed": Counter(), "writer": Counter()}
     failed = done = 0
     last = time.perf_counter()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -164,6 +191,8 @@ def _embed_listing(cfg: EmbedConfig, store: BuildStore, listing: str, total: int
         for stage in ("shape", "embed"):
             by_worker[stage].update(batch.column(f"{stage}_worker").to_pylist())
             by_node[stage].update(batch.column(f"{stage}_node").to_pylist())
+        by_worker["writer"].update(batch.column("writer").to_pylist())
+        by_node["writer"].update(batch.column("writer_node").to_pylist())
         if time.perf_counter() - last >= 10.0 or done == total:
             log(f"[embed] {done}/{total} shapes, {failed} failed")
             last = time.perf_counter()

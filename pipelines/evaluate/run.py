@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,10 @@ import torch
 import uni3d
 from pipelines.build.codec import decode_points_batch
 from pipelines.build.manifest import read_manifest
+from pipelines.build.plan import BlockPlan, bytes_per_shape, plan_blocks
+from pipelines.build.run import object_store_budget
 from pipelines.build.splits import SEEN_PART, UNSEEN_PART, keep_holdout, label_rows
+from pipelines.build.stages import worker_identity
 from pipelines.evaluate.config import EvalConfig
 from pipelines.evaluate.sets import EvalSet, EvalSetError, load_lvis_points, read_benchmark
 from pipelines.settings import ConfigError, MissingInput
@@ -44,6 +47,7 @@ class PointEmbedder:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
         with local_copy(checkpoint) as path:  # a URI is copied to this node for the load
             self.model = uni3d.load_checkpoint(path).to(self.device).eval()
+        self.worker = worker_identity()[0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         points = torch.from_numpy(_points(batch)).to(self.device)
@@ -54,6 +58,7 @@ class PointEmbedder:
                 "uid": batch.column("uid"),
                 "label": batch.column("label"),
                 "embedding": pa.array(list(emb), pa.list_(pa.float32(), emb.shape[1])),
+                "worker": pa.array([self.worker] * len(emb), pa.string()),
             }
         )
 
@@ -66,8 +71,9 @@ def _points(batch: pa.Table) -> np.ndarray:
     return decode_points_batch(batch)
 
 
-def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Dataset]:
-    """A build folder's labelled rows (its held-out split, or all) as an eval set and its Ray Dataset."""
+def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Dataset, BlockPlan]:
+    """A build folder's labelled rows (its held-out split, or all) as an eval set, its Ray Dataset in the
+    planned blocks, and the plan."""
     manifest = read_manifest(os.path.join(path, "manifest.json"))  # a clear error if this is not a build
     if manifest.num_shapes == 0:  # every shape failed, or none was listed: no shard to read
         failed = ", ".join(f"{stage} {n}" for stage, n in sorted(manifest.failures.items())) or "none"
@@ -97,7 +103,33 @@ def build_eval_set(path: str, cfg: EvalConfig) -> tuple[EvalSet, ray.data.Datase
         )
     items = label_rows(labelled, class_names)
     es = EvalSet(Location.of(path).name, class_names, items, unseen=[c for c in unseen if c in class_names])
-    return es, ds.map_batches(label_rows, batch_format="pyarrow", fn_kwargs={"class_names": class_names})
+    ds = ds.map_batches(label_rows, batch_format="pyarrow", fn_kwargs={"class_names": class_names})
+    plan = plan_set(len(es), cfg, bytes_per_shape(manifest.num_points, 0, 0))
+    # one block per shard file as read (a held-out split leaves a few rows of each): cut into the planned blocks
+    # as they stream, as the build cuts its listing, so that every embedding actor gets its share
+    return es, ds.repartition(target_num_rows_per_block=plan.rows_per_block, strict=True), plan
+
+
+def plan_set(total: int, cfg: EvalConfig, per_shape: int) -> BlockPlan:
+    """Rows per block of an evaluation set, as the build plans its shape workers' blocks: a divisor of
+    ``batch_size`` that gives every embedding actor ``TASKS_PER_WORKER`` blocks (pipelines.build.plan)."""
+    return plan_blocks(
+        total,
+        rows_per_shard=cfg.batch_size,
+        shape_workers=cfg.num_workers,
+        embed_workers=cfg.num_workers,
+        embed_batch=cfg.batch_size,
+        per_shape=per_shape,
+        budget_bytes=object_store_budget(0),
+    )
+
+
+def benchmark_dataset(es: EvalSet, cfg: EvalConfig) -> tuple[ray.data.Dataset, BlockPlan]:
+    """A benchmark set's rows (points, or paths of point files) in the planned blocks, one block per table slice,
+    and the plan."""
+    plan = plan_set(len(es), cfg, max(1, es.items.nbytes // max(1, len(es))))
+    rows = plan.rows_per_block
+    return ray.data.from_arrow([es.items.slice(i, rows) for i in range(0, len(es), rows)]), plan
 
 
 def holdout_params(cfg: EvalConfig) -> dict[str, Any]:
@@ -114,11 +146,20 @@ def holdout_params(cfg: EvalConfig) -> dict[str, Any]:
     return {"fraction": fraction, "seed": seed, "categories": categories}
 
 
-def embed(ds: ray.data.Dataset, cfg: EvalConfig, checkpoint: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+@dataclass
+class Embedded:
+    embeddings: np.ndarray  # (N, E) float32
+    labels: np.ndarray
+    uids: list[str]
+    rows_by_worker: dict[str, int]  # embedding actor -> shapes it embedded
+    ray_data: str  # Dataset.stats()
+
+
+def embed(ds: ray.data.Dataset, cfg: EvalConfig, checkpoint: str, rows_per_block: int) -> Embedded:
     out = ds.map_batches(
         PointEmbedder,
         fn_constructor_kwargs={"checkpoint": checkpoint},
-        batch_size=cfg.batch_size,
+        batch_size=rows_per_block,  # one task per planned block: every actor gets blocks
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=cfg.worker_cpus,
@@ -127,7 +168,8 @@ def embed(ds: ray.data.Dataset, cfg: EvalConfig, checkpoint: str) -> tuple[np.nd
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     table = pa.concat_tables(tables)
     emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
-    return emb, table.column("label").to_numpy(), table.column("uid").to_pylist()
+    workers = dict(Counter(table.column("worker").to_pylist()))
+    return Embedded(emb, table.column("label").to_numpy(), table.column("uid").to_pylist(), workers, out.stats())
 
 
 @dataclass
@@ -324,16 +366,18 @@ def _evaluate_sets(cfg: EvalConfig, checkpoint: str, out: Location, log: Any) ->
     results = []
     for name in cfg.sets:
         if (Location.of(name) / "manifest.json").is_file():
-            es, ds = build_eval_set(name, cfg)
+            es, ds, plan = build_eval_set(name, cfg)
         else:
             es = read_benchmark(name, cfg.root)
-            ds = ray.data.from_arrow(es.items).repartition(max(1, math.ceil(len(es) / cfg.batch_size)))
+            ds, plan = benchmark_dataset(es, cfg)
         classifier = class_embeddings(teacher, es, model.embed_dim, teacher_name)
-        emb, labels, _ = embed(ds, cfg, checkpoint)
-        result, confusion = score(es, emb, labels, classifier, cfg)
+        embedded = embed(ds, cfg, checkpoint, plan.rows_per_block)
+        result, confusion = score(es, embedded.embeddings, embedded.labels, classifier, cfg)
         meta = {"checkpoint": checkpoint, "teacher": teacher_name}
+        meta |= {"plan": plan.to_dict(), "rows_by_worker": embedded.rows_by_worker}
         with local_output(out) as folder:  # each set's reports land as soon as it is scored
             write_reports(folder, result, confusion, es.class_names, meta)
+            (folder / f"{result.name}-ray-data.txt").write_text(embedded.ray_data)
         log(
             f"[evaluate] {es.name}: top-1 {result.top1:.1f}% top-3 {result.top3:.1f}% top-5 {result.top5:.1f}% "
             f"over {result.num_samples} shapes, {result.num_classes} classes "

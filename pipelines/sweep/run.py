@@ -77,6 +77,7 @@ class TrialSpec:
     fields: tuple[str, ...]  # the swept fields
     prepared: tuple[DataPrep, ...] = ()  # counts and held-out splits, made once by the driver
     ray_tqdm: bool = True  # Ray Data's tqdm bars from the trials: off when the driver's stdout is not a terminal
+    faults: str = ""  # tests only: the driver's $UNI3D_FAULTS, for the trials' own runs (pipelines.faults)
 
 
 def run_name(sweep: SweepConfig, params: dict[str, Any], trial_id: str) -> str:
@@ -88,6 +89,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """One trial (a Tune function trainable): a pretraining run with the trial's values."""
     trial_id = tune.get_context().get_trial_id()
     data_progress(spec.ray_tqdm)  # a trial's own datasets (its training rows) report as the driver's do
+    if spec.faults:  # tests only
+        os.environ[faults.ENV] = spec.faults
     params = {k: config[k] for k in spec.fields}
     name = run_name(spec.sweep, params, trial_id)
     cfg = trial_config(spec.sweep, params, list(spec.sets), name)
@@ -297,7 +300,8 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     # Shape counts and the held-out split (its class names embedded by the teacher) once, not once per trial.
     prepared = tuple(prepare_data(train) for train in plan.by_data.values())
     ray_tqdm = DataContext.get_current().use_ray_tqdm  # as the job's connect() set it
-    spec = TrialSpec(cfg, tuple(trial_sets), tuple(a.field for a in plan.axes), prepared, ray_tqdm)
+    injected = os.environ.get(faults.ENV, "")  # tests only
+    spec = TrialSpec(cfg, tuple(trial_sets), tuple(a.field for a in plan.axes), prepared, ray_tqdm, injected)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": cfg.trial_cpus})
     reporter = ReportCallback(cfg, spec, plan, log)
     # Each run writes its own TensorBoard events (with hparams): Tune's TensorBoard logger would add a second,
@@ -306,7 +310,8 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     callbacks = [tune.logger.JsonLoggerCallback(), tune.logger.CSVLoggerCallback(), reporter, *_mlflow(cfg)]
     kill_after = int(faults.faults().get("sweep_kill_after_trials", 0) or 0)  # tests only ($UNI3D_FAULTS)
     if kill_after:
-        callbacks.append(KillAfterTrials(kill_after))
+        at_step = int(faults.faults().get("sweep_kill_at_step", 0) or 0)
+        callbacks.append(KillAfterTrials(kill_after, at_step, str(cfg.folder)))
     total = plan.num_trials * cfg.num_samples if plan.num_trials else cfg.num_samples
     if tune.Tuner.can_restore(str(cfg.folder)):
         log(f"[sweep] resuming {cfg.folder}: finished trials are kept, interrupted ones continue")
@@ -380,16 +385,40 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
 class KillAfterTrials(tune.Callback):
     """Tests only (``pipelines.faults``): the sweep's driver kills itself as soon as ``n`` trials have finished,
     before Tune starts another or saves that they finished: a restored sweep finds those trials' runs finished
-    (``final/``) and does not train them again."""
+    (``final/``) and does not train them again. With ``at_step``, it waits until Tune's saved state in the
+    sweep's folder records ``n`` trials finished and a trial still running reports a result at that step or
+    later: a restored Tune keeps the finished trials itself, and resumes the running one from its checkpoint."""
 
-    def __init__(self, n: int) -> None:
-        self.n, self.finished = n, 0
+    def __init__(self, n: int, at_step: int = 0, folder: str = "") -> None:
+        self.n, self.at_step, self.folder, self.finished = n, at_step, folder, 0
+        self.ended: set[str] = set()
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.finished += 1
-        if self.finished >= self.n and "sweep_kill_after_trials" in faults.faults():
+        self.ended.add(trial.trial_id)
+        if self.finished >= self.n and not self.at_step:
+            self._kill(f"{self.finished} trials finished")
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+        step = int(result.get("step") or 0)
+        if not self.at_step or self.finished < self.n or trial.trial_id in self.ended or step < self.at_step:
+            return
+        if self._saved_finished() >= self.n:
+            self._kill(f"Tune saved {self.n} finished trials and trial {trial.trial_id} reported step {step}")
+
+    def _saved_finished(self) -> int:
+        """Trials that Tune's experiment state, as saved in the sweep's folder, records as finished."""
+        files = Location.of(self.folder).files(recursive=False)  # sorted by name: the latest state last
+        states = [f for f in files if f.uri.rsplit("/", 1)[-1].startswith("experiment_state-")]
+        if not states:
+            return 0
+        trials = json.loads(states[-1].read_text())["trial_data"]
+        return sum(json.loads(state).get("status") == "TERMINATED" for state, _ in trials)
+
+    def _kill(self, why: str) -> None:
+        if "sweep_kill_after_trials" in faults.faults():
             # (Tuner.restore brings its callbacks back pickled: a restored sweep runs without the fault)
-            faults.kill_self(f"{self.finished} trials finished (sweep_kill_after_trials={self.n})")
+            faults.kill_self(f"{why} (sweep_kill_after_trials={self.n}, sweep_kill_at_step={self.at_step})")
 
 
 class ReportCallback(tune.Callback):

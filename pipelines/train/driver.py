@@ -250,7 +250,7 @@ def run_pretrain(
             "total_steps": plan.total_steps,
             "heldout": heldout,
             "units": units,  # the object refs in it are owned by this driver, alive until fit returns
-            "faults": faults.train_fault(),  # tests only ($UNI3D_FAULTS): a rank that exits or holds at a step
+            "faults": faults.train_fault(cfg.name),  # tests only ($UNI3D_FAULTS): a rank that exits or holds at a step
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.worker_cpus}
