@@ -9,8 +9,9 @@ never set in normal use:
   file ``<out>/_work/fault-held`` and waits for ``<out>/_work/fault-release`` (a test removes a node
   in between).
 - ``sweep_kill_after_trials=N``: the sweep's driver kills itself as soon as N trials have finished; with
-  ``sweep_kill_at_step=S`` too, only once a trial started after them has then reported a result at step S or
-  later (its checkpoint of that step is in its run's storage by then: it is reported with it or before).
+  ``sweep_kill_at_step=S`` too, only once Tune's state saved in the sweep's folder records every trial finished so
+  far and a trial started after the N-th finished has reported a result at step S or later (its checkpoint of
+  that step is in its run's storage by then: it is reported with it or before).
 - ``train_exit=R@S``: Ray Train rank R exits (``os._exit``) when it is about to take step S, once per
   run (the marker ``<run>/faults/exited-R@S`` says it happened; the restarted worker group goes on). It exits
   once the run's ``metrics.jsonl`` has the line of the last logged step before S, so every report made

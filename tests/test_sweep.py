@@ -32,7 +32,7 @@ SHRINK += ["warmup_steps=2", "eval_every=2", "log_every=1", "checkpoint_every=2"
 # sweep fields: ASHA on the real metric (rungs at steps 4 and 8), the bucket, run folders named by their values
 SHRINK += ["scheduler=asha", "grace_period=4", "storage=s3://uni3d-sweeps/sweeps", "name=s", "run_name={model}-{lr}"]
 SWEEP = "s3://uni3d-sweeps/sweeps/s"
-LOST = "nano-l-3e-3"  # the trial whose worker exits before step 3, with no retries left
+LOST = "nano-s-3e-3"  # the trial whose worker exits before step 3, with no retries left (one of the first two)
 
 
 def readme_line(build: Path) -> list[str]:
@@ -61,7 +61,7 @@ def tune_results(sweep: str) -> dict[str, list[dict]]:
     return out
 
 
-@pytest.mark.timeout(600)  # six trials, a kill and a restore: 180-220 s here; 300 s (the suite's) is too close
+@pytest.mark.timeout(600)  # four trials, a kill and a restore: ~100-150 s here; 300 s (the suite's) is too close
 def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keeps_stops_resumes_and_reports(
     small_build: Path, s3, ray_address: str, tmp_path: Path, capsys
 ) -> None:
@@ -75,7 +75,7 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
     cfg, sets, _ = parse_args(readme_line(small_build))
     plan = plan_sweep(cfg, sets)
     assert fit_trials(cfg, sets, plan, *cluster_size()) is None and check_resources(cfg, plan, *cluster_size()) == 1
-    assert plan.trial_cpus == pytest.approx(1.55) and plan.num_trials == 6
+    assert plan.trial_cpus == pytest.approx(1.55) and plan.num_trials == 4
 
     scratch = {"UNI3D_CACHE": str(tmp_path / "scratch")}  # MLflow's SQLite file, on the driver's scratch
     lost = f"train_exit=0@3,train_fault_run={LOST}"
@@ -87,7 +87,7 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
     out = first.stdout
     plan_line = next(s for s in out.splitlines() if s.startswith("[sweep] plan: "))  # before the first trial
     assert plan_line.startswith("[sweep] plan: 2 trials at once, each 0.95 CPUs") and out.index(plan_line) < out.index(
-        "[sweep] 6 trials over model, lr"
+        "[sweep] 4 trials over model, lr"
     ), plan_line
     # the job's stdout is not a terminal: the trials' datasets log lines, no tqdm bars (Ray Data's or a teacher's)
     bars = [line for line in (first.stdout + first.stderr).splitlines() if "it/s]" in line or "row/s]" in line]
@@ -104,7 +104,7 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
     assert f"resuming {SWEEP}" in out, first.stderr[-3000:] + out[-3000:]
 
     rows = {r["run_dir"].rsplit("/", 1)[-1]: r for r in records(SWEEP)}
-    assert len(rows) == 6, rows.keys()
+    assert len(rows) == 4, rows.keys()
     after = tune_results(SWEEP)
     starts = {
         name: (Location.of(SWEEP) / row["run_dir"] / "trial_starts.jsonl").read_text() for name, row in rows.items()
@@ -122,19 +122,24 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
             lines = [m for m in metric_lines(run) if "loss" in m]
             before_kill = [m["step"] for m in lines if m["time"] < times[1]]
             resumed = [m["step"] for m in lines if m["time"] > times[1]]
+            if not resumed:  # it had taken its last step before the kill (not its final model): nothing was left
+                assert max(before_kill) == 10 and row["status"] in ("TERMINATED", "STOPPED"), (name, lines)
+                continue
             # the first step after the restore follows a checkpoint (every 2 steps) taken before the kill
             assert resumed and resumed[0] % 2 == 1 and resumed[0] - 1 <= max(before_kill, default=0), (name, lines)
             if resumed[0] > 1:
                 continued.append(name)
                 # Tune's own record: the same trial (its id) went on; its first result after the restore is the
                 # first evaluation after that checkpoint
-                tune_steps = [r["step"] for r in after[row["trial_id"]] if r["timestamp"] >= int(restored_at)]
+                # (Tune's timestamps are whole seconds, floored: a result from just before the kill can share the
+                # second in which the restore began, one from after it, which takes seconds to start, cannot)
+                tune_steps = [r["step"] for r in after[row["trial_id"]] if r["timestamp"] > restored_at]
                 assert tune_steps and tune_steps[0] == resumed[0] + 1, (name, tune_steps, resumed)
     assert continued, starts  # the trial whose step-2 report set off the kill had its step-2 checkpoint
     # the lost worker: ERROR with its cause, and the other trials went on
     assert rows[LOST]["status"] == "ERROR" and "worker process has died" in rows[LOST]["error"], rows[LOST]
     others = [r["status"] for name, r in rows.items() if name != LOST]
-    assert set(others) <= {"TERMINATED", "STOPPED"} and len(others) == 5, others
+    assert set(others) <= {"TERMINATED", "STOPPED"} and len(others) == 3, others
     # ASHA on the held-out top-1: at least one trial stopped early, each at a rung (its last result in Tune's own
     # record) where its top-1 was below that of another trial at the same step, as the runs logged it
     stopped = [r for r in rows.values() if r["status"] == "STOPPED"]
@@ -174,7 +179,7 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'scratch' / 'mlflow' / 's.db'}")
     logged = mlflow.search_runs(experiment_names=["s"], output_format="list")
     assert {(r.data.params["model"], r.data.params["lr"]) for r in logged} == {
-        (m, lr) for m in ("nano-s", "nano", "nano-l") for lr in ("1e-3", "3e-3")
+        (m, lr) for m in ("nano-s", "nano-l") for lr in ("1e-3", "3e-3")
     }
     assert any("zeroshot_top1" in r.data.metrics for r in logged)
 

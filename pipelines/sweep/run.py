@@ -386,12 +386,18 @@ class KillAfterTrials(tune.Callback):
     """Tests only (``pipelines.faults``): the sweep's driver kills itself as soon as ``n`` trials have finished,
     before Tune starts another or saves that they finished: a restored sweep finds those trials' runs finished
     (``final/``) and does not train them again. With ``at_step``, it waits until Tune's saved state in the
-    sweep's folder records ``n`` trials finished and a trial still running reports a result at that step or
-    later: a restored Tune keeps the finished trials itself, and resumes the running one from its checkpoint."""
+    sweep's folder records every trial finished so far (at least ``n``) and a trial started after the ``n``-th
+    finished reports a result at that step or later: a restored Tune keeps the finished trials itself, and
+    resumes the running one from its checkpoint (a trial that was already running may be at its last step)."""
 
     def __init__(self, n: int, at_step: int = 0, folder: str = "") -> None:
         self.n, self.at_step, self.folder, self.finished = n, at_step, folder, 0
         self.ended: set[str] = set()
+        self.started_after: set[str] = set()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if self.finished >= self.n:
+            self.started_after.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.finished += 1
@@ -401,19 +407,20 @@ class KillAfterTrials(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
         step = int(result.get("step") or 0)
-        if not self.at_step or self.finished < self.n or trial.trial_id in self.ended or step < self.at_step:
+        if not self.at_step or trial.trial_id not in self.started_after or step < self.at_step:
             return
-        if self._saved_finished() >= self.n:
-            self._kill(f"Tune saved {self.n} finished trials and trial {trial.trial_id} reported step {step}")
+        saved = self._saved_finished()
+        if len(saved) >= self.n and self.ended <= saved:
+            self._kill(f"Tune saved {len(saved)} finished trials and trial {trial.trial_id} reported step {step}")
 
-    def _saved_finished(self) -> int:
-        """Trials that Tune's experiment state, as saved in the sweep's folder, records as finished."""
+    def _saved_finished(self) -> set[str]:
+        """The trials that Tune's experiment state, as saved in the sweep's folder, records as finished."""
         files = Location.of(self.folder).files(recursive=False)  # sorted by name: the latest state last
         states = [f for f in files if f.uri.rsplit("/", 1)[-1].startswith("experiment_state-")]
         if not states:
-            return 0
-        trials = json.loads(states[-1].read_text())["trial_data"]
-        return sum(json.loads(state).get("status") == "TERMINATED" for state, _ in trials)
+            return set()
+        trials = [json.loads(state) for state, _ in json.loads(states[-1].read_text())["trial_data"]]
+        return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
     def _kill(self, why: str) -> None:
         if "sweep_kill_after_trials" in faults.faults():
