@@ -17,6 +17,7 @@ from pipelines.sweep.space import (
     grid_arguments,
     parse_space,
     plan_sweep,
+    shown_values,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,9 @@ def test_lists_are_grid_axes_and_mappings_distributions() -> None:
     assert grid_arguments(["model=nano, micro", "lr=1e-3"]) == {"model": ["nano", "micro"], "lr": ["1e-3"]}
     filled = fill_templates({"init": "run:{sweep}/init/{model}/final"}, {"sweep": "/s", "model": "nano"})
     assert filled == {"init": "run:/s/init/nano/final"}
+    # as reports and TensorBoard show it: the trial's fields filled in, the sweep's folders as written
+    params, context = {"init": "run:{sweeps}/init/runs/{model}/final", "lr": 1e-3}, {"sweeps": "/s", "model": "nano"}
+    assert shown_values(params, context) == {"init": "run:{sweeps}/init/runs/nano/final", "lr": 1e-3}
 
 
 @pytest.mark.parametrize(

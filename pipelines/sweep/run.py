@@ -7,7 +7,7 @@ once to what the cluster fits. Only the reports that carry the sweep's metric (t
 zero-shot evaluation) reach Tune, which is what its schedulers (ASHA) and searchers (Optuna) act on.
 
 Layout of ``<storage>/<name>/``: ``sweep.json`` (the resolved sweep), Tune's experiment state,
-``scheduler_state.pkl`` (ASHA's rungs), one folder per trial (``result.json``, ``progress.csv``,
+``scheduler/asha.pkl`` (ASHA's rungs), one folder per trial (``result.json``, ``progress.csv``,
 ``error.txt``), ``runs/<run>/`` (each trial's pretraining run: ``config.json``, ``metrics.jsonl``,
 ``tensorboard/`` with the trial's hyperparameters in the HParams view, checkpoints, ``final/``),
 ``report/`` (``pipelines.sweep.report``, refreshed while the sweep runs) and ``mlflow.db`` when MLflow
@@ -47,13 +47,16 @@ from pipelines.sweep.space import (
     fill_templates,
     fit_trials,
     plan_sweep,
+    shown_values,
     trial_config,
     trial_context,
 )
 from pipelines.train.config import data_key
 from pipelines.train.driver import DataPrep, prepare_data, run_pretrain
 
-SCHEDULER_STATE = "scheduler_state.pkl"  # ResumableASHA's rungs, in the sweep's folder
+# ResumableASHA's rungs, in a folder of their own: on a restore Tune copies the .pkl and .json files at the top of the
+# sweep's folder to its staging folder and later uploads them again, which would put back the rungs of the restore
+SCHEDULER_STATE = "scheduler/asha.pkl"
 
 
 class MetricReportCallback(TuneReportCallback):
@@ -104,12 +107,18 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     starts = run_dir / "trial_starts.jsonl"  # one line per start: a restored sweep adds one
     before = starts.read_text() if starts.is_file() else ""  # rewritten whole: object stores do not append
     starts.write_text(before + json.dumps({"trial_id": trial_id, "time": time.time(), "pid": os.getpid()}) + "\n")
-    hparams = {k: _hparam(getattr(cfg, k)) for k in spec.fields}
+    # TensorBoard's HParams: the trial's values as resolved, a template as written (its folders not filled in)
+    shown = shown_values(params, trial_context(spec.sweep, params, trial_id))
+    hparams = {k: _hparam(shown[k] if _templated(params[k]) else getattr(cfg, k)) for k in spec.fields}
     prepared = next((p for p in spec.prepared if p.key == data_key(cfg)), None)
     callbacks = [MetricReportCallback(spec.sweep.metric)]
     result = run_pretrain(cfg, verbose=False, callbacks=callbacks, hparams=hparams, prepared=prepared)
     if result.error is not None:
         raise RuntimeError(f"pretraining failed at step {result.step}: {result.error}")
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{" in value
 
 
 def _hparam(value: Any) -> Any:
@@ -484,9 +493,9 @@ class ReportCallback(tune.Callback):
         return json.loads(saved.read_text()).get("heldout", {}).get("classes", []) if saved.is_file() else []
 
     def values(self, trial: Any) -> dict[str, Any]:
-        """The trial's swept values with templates filled in, as its run used them."""
+        """The trial's swept values with its fields filled into templates, the sweep's folders as written."""
         params = {k: _plain(trial.config.get(k)) for k in self.spec.fields}
-        return fill_templates(params, trial_context(self.cfg, params, trial.trial_id))
+        return shown_values(params, trial_context(self.cfg, params, trial.trial_id))
 
     def record(self, trial: Any) -> TrialRecord:
         from uni3d.cost import model_cost

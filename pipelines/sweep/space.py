@@ -142,6 +142,15 @@ def fill_templates(params: dict[str, Any], context: dict[str, Any]) -> dict[str,
     return out
 
 
+FOLDERS = ("sweep", "sweeps")  # the templates that name folders of one machine or bucket
+
+
+def shown_values(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """The trial's values as reports, progress lines and TensorBoard show them: its own fields filled in, the
+    sweep's folders left as written (``run:{sweeps}/init/runs/nano-s/final``), the same on every machine."""
+    return fill_templates(params, {**context, **{name: "{" + name + "}" for name in FOLDERS}})
+
+
 def trial_context(cfg: SweepConfig, params: dict[str, Any], trial_id: str = "") -> dict[str, Any]:
     base = {**get_recipe(cfg.recipe), **cfg.train, **{k: v for k, v in params.items()}}
     folder = cfg.folder
