@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.build.run import select
-from pipelines.build.uids import SeenUids, UidSet, uid_keys
+from pipelines.build.uids import SeenUids, UidSet, merge_disjoint, uid_keys
 from pipelines.settings import ConfigError
 from pipelines.sources.shapes import ShapeRef
 
@@ -36,7 +36,18 @@ def test_seen_uids_flags_every_repeat_across_and_within_chunks() -> None:
             python.add(uid)
         assert seen.add(uid_keys(chunk)).tolist() == expected
     assert len(seen) == len(python)
-    assert len(seen.runs) <= 2 + int(np.log2(len(python)))  # merged as it grows, not one run per chunk
+    assert all(len(part) <= 2 + int(np.log2(len(python))) for part in seen.parts)  # merged, not a run per chunk
+    assert all(np.array_equal(r, np.unique(r)) for r in seen.runs)  # each run sorted, without repeats
+    assert np.array_equal(np.sort(np.concatenate(seen.runs)), np.unique(uid_keys(list(python))))  # disjoint
+
+
+def test_merging_two_disjoint_runs_is_their_sorted_union() -> None:
+    keys = np.unique(uid_keys([f"k{i}" for i in range(3000)]))
+    rng = np.random.default_rng(2)
+    for share in (0.0, 0.01, 0.5, 0.99, 1.0):
+        in_a = rng.random(len(keys)) < share
+        assert np.array_equal(merge_disjoint(keys[in_a], keys[~in_a]), keys), share
+    assert len(merge_disjoint(keys[:0], keys[:0])) == 0
 
 
 def test_select_skips_what_is_done_and_refuses_a_repeated_uid_by_name() -> None:

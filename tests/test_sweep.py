@@ -107,6 +107,7 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
 
     rows = {r["run_dir"].rsplit("/", 1)[-1]: r for r in records(SWEEP)}
     assert len(rows) == 4, rows.keys()
+    assert set(finished) <= {r["trial_id"] for r in rows.values()}  # Tune's own trials, restored, not new ones
     after = tune_results(SWEEP)
     starts = {
         name: (Location.of(SWEEP) / row["run_dir"] / "trial_starts.jsonl").read_text() for name, row in rows.items()

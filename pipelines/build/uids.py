@@ -66,12 +66,20 @@ class UidSet:
 class SeenUids:
     """The uids seen so far in a stream, growing chunk by chunk: which of a new chunk's were seen before.
 
-    Sorted runs whose sizes halve from the oldest to the newest (a log-structured merge): a chunk is checked
-    against every run with a binary search, then becomes a run; two runs of about the same size merge. Adding n
-    uids costs O(n log n) in all, and the runs hold 16 bytes a uid (twice that for a moment while two merge)."""
+    The digests are uniform, so their first 4 bits cut them into 16 parts of about the same size. Each part is
+    a log-structured merge: sorted, disjoint runs whose sizes halve from the oldest to the newest; a chunk is
+    checked against every run with a binary search, then becomes a run, and two runs of about the same size
+    merge. Adding n uids costs O(n log n) in all; the runs hold 16 bytes a uid, and a merge, one part at a
+    time, needs ~1/16 of that again for a moment (10M uids: ~17 bytes a uid at the peak, BENCHMARKS.md)."""
+
+    PARTS = 16
 
     def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
+        self.parts: list[list[np.ndarray]] = [[] for _ in range(self.PARTS)]
+
+    @property
+    def runs(self) -> list[np.ndarray]:
+        return [run for part in self.parts for run in part]
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.runs)
@@ -79,16 +87,36 @@ class SeenUids:
     def add(self, keys: np.ndarray) -> np.ndarray:
         """Add a chunk of digests; returns, for each, whether it was seen before (in an earlier chunk, or earlier
         in this one)."""
-        seen = np.zeros(len(keys), bool)
-        for run in self.runs:
-            seen |= _member(run, keys)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys, kind="stable")  # equal digests keep their order: the first copy comes first
         ordered = keys[order]
-        again = np.zeros(len(keys), bool)
-        again[order[1:]] = ordered[1:] == ordered[:-1]  # a repeat within the chunk: every copy after the first
-        seen |= again
-        run = np.unique(keys[~seen])  # the runs stay disjoint
-        while self.runs and len(self.runs[-1]) <= 2 * len(run):
-            run = np.union1d(self.runs.pop(), run)
-        self.runs.append(run)
-        return seen
+        seen = np.zeros(len(keys), bool)  # in sorted order
+        seen[1:] = ordered[1:] == ordered[:-1]  # a repeat within the chunk: every copy after the first
+        top = ordered.view(np.uint8).reshape(-1, KEY.itemsize)[:, 0] >> 4  # sorted too: the part of each digest
+        bounds = np.searchsorted(top, np.arange(self.PARTS + 1))
+        for part, lo, hi in zip(self.parts, bounds[:-1], bounds[1:], strict=True):
+            if lo == hi:
+                continue
+            keys_here = ordered[lo:hi]
+            for run in part:
+                seen[lo:hi] |= _member(run, keys_here)
+            run = keys_here[~seen[lo:hi]]  # sorted, without repeats, none in the part's runs: they stay disjoint
+            while part and len(part[-1]) <= 2 * len(run):
+                run = merge_disjoint(part.pop(), run)
+            part.append(run)
+        out = np.empty(len(keys), bool)
+        out[order] = seen
+        return out
+
+
+def merge_disjoint(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two sorted runs with no key in common as one sorted run, in one pass over the output: about 18 bytes a
+    key of scratch beside it, where ``np.union1d`` (concatenate, sort a copy, mask) takes about four copies."""
+    out = np.empty(len(a) + len(b), KEY)
+    at = np.searchsorted(a, b)
+    at += np.arange(len(b))  # b[i] lands after the a's below it and the i b's before it
+    from_b = np.zeros(len(out), bool)
+    from_b[at] = True
+    out[at] = b
+    del at
+    out[~from_b] = a
+    return out
