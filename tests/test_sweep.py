@@ -217,4 +217,5 @@ def _check_tensorboard(run: Location, row: dict) -> None:
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["lr"].number_value == pytest.approx(float(row["param.lr"]))
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert "eval/zeroshot_top1" in {m.name.tag for m in experiment.metric_infos}
+    columns = {m.name.tag for m in experiment.metric_infos}
+    assert "eval/zeroshot_top1" in columns and "eval/unseen_top1" not in columns  # no categories held out here

@@ -34,7 +34,7 @@ from pipelines.storage import Location, is_uri, local_copy, local_init, local_ou
 from pipelines.train.config import RESUME_KEYS, TrainConfig, data_key
 from pipelines.train.data import cached_units, file_units, shard_files
 from pipelines.train.loop import train_loop
-from pipelines.train.run_log import Progress, RunLog
+from pipelines.train.run_log import Progress, RunLog, hparam_metrics
 from uni3d.hub import is_hub
 
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # TrainConfig.report_poll_s
@@ -229,7 +229,7 @@ def run_pretrain(
         config["heldout"] = prepared.heldout_info
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     queue = _progress_queue() if verbose else None  # reports, for the progress lines here
-    run_log = RunLog(str(run_dir), cfg.tensorboard, hparams, queue)
+    run_log = RunLog(str(run_dir), cfg.tensorboard, hparams, queue, hparam_metrics(bool(cfg.holdout_categories)))
 
     if _read_once(cfg):  # epochs then re-deal blocks from the object store instead of reading the files again
         units, blocks = cached_units(cfg)

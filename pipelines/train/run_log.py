@@ -34,6 +34,13 @@ from pipelines.storage import Location
 
 EVAL_PREFIXES = tuple(METRIC_PREFIX.values())  # zeroshot_top1, unseen_top1, ...: TensorBoard's eval/ group
 HPARAM_METRICS = ("eval/zeroshot_top1", "eval/unseen_top1", "eval/zeroshot_top5", "train/loss", "train/acc_text")
+
+
+def hparam_metrics(unseen: bool) -> tuple[str, ...]:
+    """The HParams table's metric columns: ``eval/unseen_top1`` only for a run that holds out categories."""
+    return HPARAM_METRICS if unseen else tuple(m for m in HPARAM_METRICS if m != "eval/unseen_top1")
+
+
 NOT_SCALARS = ("step", "time", "start_step")
 
 
@@ -45,13 +52,20 @@ def read_metrics_lines(text: str) -> list[dict[str, Any]]:
 
 class RunLog(UserCallback):
     def __init__(
-        self, run_dir: str, tensorboard: bool = True, hparams: dict[str, Any] | None = None, queue: Any = None
+        self,
+        run_dir: str,
+        tensorboard: bool = True,
+        hparams: dict[str, Any] | None = None,
+        queue: Any = None,
+        metrics: tuple[str, ...] = HPARAM_METRICS,
     ) -> None:
         self.run_dir, self.tensorboard, self.hparams, self.queue = run_dir, tensorboard, hparams or {}, queue
+        self.metrics = metrics  # the HParams table's metric columns
         self._open = False
 
     def __getstate__(self) -> dict[str, Any]:  # the controller gets a fresh one: no writer, no folder
-        return {k: v for k, v in self.__dict__.items() if k in ("run_dir", "tensorboard", "hparams", "queue")}
+        kept = ("run_dir", "tensorboard", "hparams", "queue", "metrics")
+        return {k: v for k, v in self.__dict__.items() if k in kept}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -112,7 +126,9 @@ class RunLog(UserCallback):
         if self._writer is not None:
             self._writer.close()
         if self.tensorboard:
-            self._writer = _summary_writer(os.path.join(self._folder, "tensorboard"), start_step, self.hparams)
+            self._writer = _summary_writer(
+                os.path.join(self._folder, "tensorboard"), start_step, self.hparams, self.metrics
+            )
         self._start_step = start_step
 
     def _sync(self) -> None:
@@ -134,14 +150,14 @@ def _stamp(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _summary_writer(folder: str, start_step: int, hparams: dict[str, Any]) -> Any:
+def _summary_writer(folder: str, start_step: int, hparams: dict[str, Any], metrics: tuple[str, ...]) -> Any:
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     # events at steps after the checkpoint this run resumes from were logged by the run that stopped
     writer = SummaryWriter(folder, purge_step=start_step + 1 if start_step else None)
     if hparams:  # the HParams plugin's experiment and session records, in the run's own event file
-        experiment, session_start, _ = hparams_summary(hparams, {tag: 0.0 for tag in HPARAM_METRICS})
+        experiment, session_start, _ = hparams_summary(hparams, {tag: 0.0 for tag in metrics})
         writer.file_writer.add_summary(experiment)
         writer.file_writer.add_summary(session_start)
         writer.flush()
