@@ -146,7 +146,7 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
     # ASHA on the held-out top-1, read from its own rungs (scheduler/asha.pkl, which the restore kept and went on
     # writing): each trial's value at a rung is its top-1 at that step as its run logged it; a trial was stopped
     # there exactly when it was below the cutoff of the trials recorded at that rung before it (their median, for
-    # reduction factor 2), and a stopped trial's last result in Tune's own record is that rung's step
+    # reduction factor 2)
     stopped = {r["trial_id"] for r in rows.values() if r["status"] == "STOPPED"}
     assert stopped and all(
         int(r["steps"]) < int(r["total_steps"]) == 10 for r in rows.values() if r["trial_id"] in stopped
@@ -166,7 +166,9 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
             logged = {m["step"]: m["zeroshot_top1"] for m in lines if "zeroshot_top1" in m}
             assert recorded[tid] == pytest.approx(logged[step]), (tid, step)  # the real metric
             below = i > 0 and recorded[tid] < np.nanpercentile([recorded[t] for t in order[:i]], 50)
-            assert below == (tid in stopped and after[tid][-1]["step"] == step), (step, recorded, tid, stopped)
+            # stopped here: it never reached the next rung (Tune may still take an evaluation it had in flight)
+            later = any(tid in rec for at, rec in rungs.items() if at > step)
+            assert below == (tid in stopped and not later), (step, recorded, tid, stopped)
             stops |= {tid} if below else set()
     assert stops == stopped, (stops, stopped)
     for name, row in rows.items():
