@@ -135,7 +135,7 @@ class MiniLMTeacher(Teacher):
 
     The package's BERT through transformers, then what its sentence-transformers modules (``modules.json``)
     do: at most 256 tokens, the mean of the token states under the attention mask, L2-normalised. Importing
-    sentence-transformers for that costs ~1.4 s more in every process that loads the teacher (each build's
+    sentence-transformers for that costs ~1.3 s more in every process that loads the teacher (each build's
     embedding actor); a test checks the two give the same embeddings."""
 
     has_image_tower = False
