@@ -206,3 +206,54 @@ def test_the_cpu_kernel_refuses_what_the_torch_loop_cannot_do() -> None:
     pc[0, 5, 1] = float("nan")
     with pytest.raises(ValueError, match="must be finite"):
         farthest_point_sample(pc, 8, knn=4, backend="cpu")
+
+
+def _awkward_clouds(n: int = 3000) -> dict[str, np.ndarray]:
+    """Clouds whose grids are awkward: no extent on an axis or any, a dense cluster far from one point (most
+    cells empty), huge and tiny scales, integer points (many tied distances), two far clusters."""
+    rng = np.random.default_rng(11)
+    return {
+        "flat": np.c_[rng.uniform(-1, 1, (n, 2)), np.zeros(n)],
+        "one point": np.full((n, 3), 0.5),
+        "cluster and outlier": np.r_[rng.normal(size=(n - 1, 3)) * 1e-3 + 0.3, [[100.0, 100.0, 100.0]]],
+        "huge": rng.normal(size=(n, 3)) * 1e4,
+        "tiny": rng.normal(size=(n, 3)) * 1e-6 + 1,
+        "integers": rng.integers(-3, 4, (n, 3)).astype(float),
+        "two clusters": np.r_[rng.normal(size=(n // 2, 3)) * 0.01, rng.normal(size=(n - n // 2, 3)) * 0.01 + 5],
+    }
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("name", list(_awkward_clouds()))
+def test_the_cpu_kernel_matches_the_torch_loop_on_awkward_clouds(name: str) -> None:
+    xyz = torch.from_numpy(_awkward_clouds()[name]).float()[None]
+    for num, k in ((64, 32), (7, 3000)):  # the second: every point in every group
+        ref_idx, ref_nbrs = farthest_point_sample(xyz, num, knn=k, backend="torch")
+        idx, nbrs = farthest_point_sample(xyz, num, knn=k, backend="cpu")
+        assert torch.equal(idx, ref_idx)
+
+        def sorted_dists(groups: torch.Tensor) -> torch.Tensor:  # the torch loop's float32 arithmetic
+            d = (xyz[0, groups] - xyz[0, idx[0]].unsqueeze(1)).square()
+            return (d[..., 0] + d[..., 1] + d[..., 2]).sort(dim=-1).values
+
+        # the same distances (ties at the k-th may pick other points at that distance), each point once
+        assert torch.equal(sorted_dists(nbrs[0]), sorted_dists(ref_nbrs[0]))
+        assert all(len(set(row.tolist())) == k for row in nbrs[0])
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_the_kernel_gathers_into_the_given_rows_and_torch_gathers_when_points_need_gradients() -> None:
+    from uni3d import grouping_cpu
+
+    pc = random_cloud(2, 5000, seed=5)
+    kernel, kernel_centres = group_points(pc, 32, 16, backend="cpu")
+    rows = np.full((32, 16, 6), np.nan, np.float32), np.full((32, 3), np.nan, np.float32)
+    grouping_cpu.group(pc[1].numpy(), 32, 16, out=rows)
+    assert np.array_equal(rows[0], kernel[1].numpy()) and np.array_equal(rows[1], kernel_centres[1].numpy())
+    with pytest.raises(ValueError, match="out has shapes"):
+        grouping_cpu.group(pc[1].numpy(), 32, 8, out=rows)
+    leaf = pc.clone().requires_grad_()
+    features, centres = group_points(leaf, 32, 16, backend="cpu")  # indices from the kernel, gather by torch
+    assert torch.equal(features.detach(), kernel) and torch.equal(centres.detach(), kernel_centres)
+    features.sum().backward()
+    assert leaf.grad is not None and bool(leaf.grad[..., 3:].gt(0).any())

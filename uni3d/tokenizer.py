@@ -41,26 +41,31 @@ def farthest_point_sample(
     under a millisecond per cloud, 0.2-0.8 ms at the CPU presets' sizes, and needs no compilation, while the
     kernel's first call in a process without numba's disk cache compiles for ~7 s).
     """
-    if backend not in ("auto", "torch", "cpu"):
-        raise ValueError(f"backend must be auto, torch or cpu, got {backend!r}")
-    on_cpu = xyz.device.type == "cpu" and CPU_KERNEL_MIN_POINTS <= xyz.shape[1]
-    on_cpu = on_cpu and num_samples <= xyz.shape[1] and knn <= xyz.shape[1]
-    if backend == "cpu" or (backend == "auto" and on_cpu and _cpu_kernel() is not None):
+    if _takes_kernel(xyz, num_samples, knn, backend):
         return _cpu_fps_knn(xyz, num_samples, knn)
     return _torch_fps_knn(xyz, num_samples, knn)
 
 
+def _takes_kernel(xyz: Tensor, num_samples: int, knn: int, backend: str) -> bool:
+    if backend not in ("auto", "torch", "cpu"):
+        raise ValueError(f"backend must be auto, torch or cpu, got {backend!r}")
+    on_cpu = xyz.device.type == "cpu" and CPU_KERNEL_MIN_POINTS <= xyz.shape[1]
+    on_cpu = on_cpu and num_samples <= xyz.shape[1] and knn <= xyz.shape[1]
+    return backend == "cpu" or (backend == "auto" and on_cpu and _cpu_kernel() is not None)
+
+
 @functools.cache
 def _cpu_kernel() -> Any:
+    """The ``uni3d.grouping_cpu`` module, or None without numba."""
     try:
-        from uni3d.grouping_cpu import fps_knn
+        from uni3d import grouping_cpu
     except ImportError:  # numba is an optional speed-up: the torch loop gives the same result
         return None
     except Exception as e:  # numba present but unusable here (e.g. no writable cache): say so once, use the loop
         reason = f"{type(e).__name__}: {e}"
         warnings.warn(f"uni3d.grouping_cpu is unavailable ({reason}); grouping with the torch loop", stacklevel=2)
         return None
-    return fps_knn
+    return grouping_cpu
 
 
 @functools.cache
@@ -68,20 +73,41 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="uni3d-grouping")
 
 
-def _cpu_fps_knn(xyz: Tensor, num_samples: int, knn: int) -> tuple[Tensor, Tensor | None]:
+def _per_cloud(fn: Any, clouds: Any) -> list:
+    """``fn`` over the clouds, as many at once as torch has threads (the kernel releases the GIL)."""
+    threads = min(torch.get_num_threads(), len(clouds))
+    return list(_thread_pool(threads).map(fn, clouds)) if threads > 1 else [fn(cloud) for cloud in clouds]
+
+
+def _kernel() -> Any:
     kernel = _cpu_kernel()
     if kernel is None:
         raise ImportError("backend='cpu' needs numba: pip install numba")
+    return kernel
+
+
+def _cpu_fps_knn(xyz: Tensor, num_samples: int, knn: int) -> tuple[Tensor, Tensor | None]:
+    kernel = _kernel()
     clouds = xyz.detach().to("cpu", torch.float32).contiguous().numpy()
-    threads = min(torch.get_num_threads(), len(clouds))  # the kernel releases the GIL: clouds in parallel
-
-    def one(cloud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return kernel(cloud, num_samples, knn)  # checks sizes and finiteness
-
-    out = list(_thread_pool(threads).map(one, clouds)) if threads > 1 else [one(cloud) for cloud in clouds]
+    out = _per_cloud(lambda cloud: kernel.fps_knn(cloud, num_samples, knn), clouds)  # checks sizes, finiteness
     idx = torch.from_numpy(np.stack([centres for centres, _ in out])).to(xyz.device)
     nbrs = torch.from_numpy(np.stack([n for _, n in out])).to(xyz.device) if knn else None
     return idx, nbrs
+
+
+def _cpu_group(pc: Tensor, num_group: int, group_size: int) -> tuple[Tensor, Tensor]:
+    kernel = _kernel()
+    clouds = pc.detach().to("cpu", torch.float32).contiguous().numpy()
+    batch, _, channels = clouds.shape
+    features = torch.empty(batch, num_group, group_size, channels)
+    centres = torch.empty(batch, num_group, 3)
+    rows = features.numpy(), centres.numpy()  # each cloud's kernel call writes its rows of the batch
+
+    def one(b: int) -> None:
+        kernel.group(clouds[b], num_group, group_size, out=(rows[0][b], rows[1][b]))
+
+    _per_cloud(one, range(batch))
+    return features.to(pc.device, pc.dtype), centres.to(pc.device, pc.dtype)
 
 
 def _torch_fps_knn(xyz: Tensor, num_samples: int, knn: int) -> tuple[Tensor, Tensor | None]:
@@ -116,15 +142,19 @@ def _torch_fps_knn(xyz: Tensor, num_samples: int, knn: int) -> tuple[Tensor, Ten
 def group_points(pc: Tensor, num_group: int, group_size: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """FPS + kNN grouping. ``(B, N, 6) -> features (B, G, K, 6) = [xyz - centre, rgb], centres (B, G, 3)``.
 
-    ``backend``: as ``farthest_point_sample``'s."""
-    xyz, rgb = pc[..., :3], pc[..., 3:]
-    centre_idx, idx = farthest_point_sample(xyz, num_group, knn=group_size, backend=backend)  # (B, G), (B, G, K)
-    centres = xyz.gather(1, centre_idx.unsqueeze(-1).expand(-1, -1, 3))  # (B, G, 3)
-    flat = idx.reshape(idx.shape[0], -1, 1)  # (B, G*K, 1)
-    nbr_xyz = xyz.gather(1, flat.expand(-1, -1, 3)).view(*idx.shape, 3)
-    nbr_rgb = rgb.gather(1, flat.expand(-1, -1, 3)).view(*idx.shape, 3)
-    features = torch.cat([nbr_xyz - centres.unsqueeze(2), nbr_rgb], dim=-1)  # (B, G, K, 6)
-    return features, centres
+    ``backend``: as ``farthest_point_sample``'s; the CPU kernel also gathers the groups, in the same call, unless
+    ``pc`` needs gradients (then torch gathers them)."""
+    kernel = _takes_kernel(pc[..., :3], num_group, group_size, backend)
+    if kernel and not pc.requires_grad:
+        return _cpu_group(pc, num_group, group_size)
+    batch, num_points, channels = pc.shape
+    fps_knn = _cpu_fps_knn if kernel else _torch_fps_knn
+    centre_idx, idx = fps_knn(pc[..., :3], num_group, group_size)  # (B, G), (B, G, K)
+    offset = torch.arange(batch, device=pc.device).view(batch, 1, 1) * num_points
+    flat = pc.reshape(batch * num_points, channels)  # one index into the flattened batch: faster than gather
+    features = flat[(idx + offset).view(-1)].view(*idx.shape, channels)  # (B, G, K, 6)
+    centres = flat[(centre_idx + offset[..., 0]).view(-1), :3].view(batch, num_group, 3)  # (B, G, 3)
+    return torch.cat([features[..., :3] - centres.unsqueeze(2), features[..., 3:]], dim=-1), centres
 
 
 class Fp32BatchNorm1d(nn.BatchNorm1d):
