@@ -223,6 +223,11 @@ def _awkward_clouds(n: int = 3000) -> dict[str, np.ndarray]:
     }
 
 
+def _sorted_dists(xyz: torch.Tensor, centres: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    d = (xyz[groups] - centres).square()  # the torch loop's float32 arithmetic
+    return (d[..., 0] + d[..., 1] + d[..., 2]).sort(dim=-1).values
+
+
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
 @pytest.mark.parametrize("name", list(_awkward_clouds()))
 def test_the_cpu_kernel_matches_the_torch_loop_on_awkward_clouds(name: str) -> None:
@@ -232,12 +237,9 @@ def test_the_cpu_kernel_matches_the_torch_loop_on_awkward_clouds(name: str) -> N
         idx, nbrs = farthest_point_sample(xyz, num, knn=k, backend="cpu")
         assert torch.equal(idx, ref_idx)
 
-        def sorted_dists(groups: torch.Tensor) -> torch.Tensor:  # the torch loop's float32 arithmetic
-            d = (xyz[0, groups] - xyz[0, idx[0]].unsqueeze(1)).square()
-            return (d[..., 0] + d[..., 1] + d[..., 2]).sort(dim=-1).values
-
         # the same distances (ties at the k-th may pick other points at that distance), each point once
-        assert torch.equal(sorted_dists(nbrs[0]), sorted_dists(ref_nbrs[0]))
+        centres = xyz[0, idx[0]].unsqueeze(1)
+        assert torch.equal(_sorted_dists(xyz[0], centres, nbrs[0]), _sorted_dists(xyz[0], centres, ref_nbrs[0]))
         assert all(len(set(row.tolist())) == k for row in nbrs[0])
 
 

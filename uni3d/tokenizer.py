@@ -36,10 +36,10 @@ def farthest_point_sample(
     ``(B, N, 3) -> centre indices (B, S)`` and, when ``knn > 0``, the indices ``(B, S, knn)`` of each
     centre's ``knn`` nearest points (squared Euclidean, the centre included). ``backend``: ``"torch"`` is the
     batched loop below, on any device; ``"cpu"`` the compiled per-cloud kernel of ``uni3d.grouping_cpu`` (the
-    same centres and groups, ~12x faster on one CPU core at the official 10,000 points); ``"auto"`` takes the kernel for
-    a CPU tensor of at least ``CPU_KERNEL_MIN_POINTS`` points when numba is installed (below that the loop takes
-    under a millisecond per cloud, 0.2-0.8 ms at the CPU presets' sizes, and needs no compilation, while the
-    kernel's first call in a process without numba's disk cache compiles for ~8.5 s).
+    same centres and groups, ~12x faster on one CPU core at the official 10,000 points); ``"auto"`` takes the
+    kernel for a CPU tensor of at least ``CPU_KERNEL_MIN_POINTS`` points when numba is installed (below that the
+    loop takes under a millisecond per cloud, 0.2-0.8 ms at the CPU presets' sizes, and needs no compilation,
+    while the kernel's first call in a process without numba's disk cache compiles for ~8.5 s).
     """
     if _takes_kernel(xyz, num_samples, knn, backend):
         return _cpu_fps_knn(xyz, num_samples, knn)
