@@ -209,11 +209,14 @@ def test_the_cpu_kernel_refuses_what_the_torch_loop_cannot_do() -> None:
 
 
 def _awkward_clouds(n: int = 3000) -> dict[str, np.ndarray]:
-    """Clouds whose grids are awkward: no extent on an axis or any, a dense cluster far from one point (most
-    cells empty), huge and tiny scales, integer points (many tied distances), two far clusters."""
+    """Clouds whose grids are awkward: no extent on an axis or any, or almost none, a dense cluster far from one
+    point (most cells empty), huge and tiny scales, integer points (many tied distances), two far clusters."""
     rng = np.random.default_rng(11)
+    thin = np.c_[rng.uniform(-1, 1, (n, 2)), np.zeros(n)]
+    thin[5, 2] = 1e-30  # an axis of almost no extent: its cells are 1e-30 wide
     return {
         "flat": np.c_[rng.uniform(-1, 1, (n, 2)), np.zeros(n)],
+        "thin": thin,
         "one point": np.full((n, 3), 0.5),
         "cluster and outlier": np.r_[rng.normal(size=(n - 1, 3)) * 1e-3 + 0.3, [[100.0, 100.0, 100.0]]],
         "huge": rng.normal(size=(n, 3)) * 1e4,

@@ -1,7 +1,7 @@
 """Exact FPS + kNN grouping on the CPU, one cloud at a time, compiled with numba (docs/method.md §2).
 
 The batched torch loop of ``uni3d.tokenizer`` computes every centre's distance to every point: 512 x 10,000
-per cloud, ~30 ms on one CPU core for the official tokenization (BENCHMARKS.md, "Grouping"). Here the same
+per cloud, ~35 ms on one CPU core for the official tokenization (BENCHMARKS.md, "Grouping"). Here the same
 choices come from far fewer distances. The cloud is cut into the cells of a grid, sized so that the occupied
 cells hold a set number of points on average (a surface scan fills few cells of its bounding box, a solid many),
 with the points sorted by cell, so that a run of cells along z is a run of points:
@@ -25,7 +25,7 @@ of the tied points, which the official kernel leaves unspecified too.
 fpsample's bucket FPS would do the FPS part, but it starts from the point at ``start_idx`` *after* sorting the
 points into its tree (fpsample 1.0.2 and 0.3.3), not from index 0, so it cannot reproduce the official centres;
 scipy's and pykdtree's KD-trees answer the kNN part, but more slowly than the grid here (4.6-6.7 ms per cloud
-for the tree and the 512 queries, against ~1.8 ms, measured 2026-12-07 on one core).
+for the tree and the 512 queries, against ~1.6 ms, measured 2026-12-07 on one core).
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def _grid(xyz: np.ndarray, per_cell: int, boxes: bool) -> tuple:
     """Points sorted by grid cell (stable: ascending index within a cell), their coordinates in that order, cell
     offsets, and (when ``boxes``) each cell's bounding box of points.
 
-    The grid's cells are cubes of one edge ``h`` (an axis of no extent gets one cell), chosen so that the occupied
-    cells hold ``per_cell`` points on average, within a factor 1.4 after at most six tries."""
+    The cells are near-cubes: an edge ``h``, shrunk on each axis to divide its extent evenly (an axis of no extent
+    gets one cell), with ``h`` chosen so that the occupied cells hold ``per_cell`` points on average, within a
+    factor 1.4 after at most six tries."""
     n = xyz.shape[0]
     lo = np.empty(3, np.float64)
     hi = np.empty(3, np.float64)
@@ -73,16 +74,17 @@ def _grid(xyz: np.ndarray, per_cell: int, boxes: bool) -> tuple:
     inv = np.ones(3, np.float64)
     cell_of = np.empty(n, np.int64)
     for attempt in range(6):
+        while True:  # counted in float64: a thin axis can ask for more cells than an int64 holds
+            wanted = 1.0
+            for a in range(3):
+                wanted *= max(1.0, np.ceil((hi[a] - lo[a]) / h)) if hi[a] > lo[a] else 1.0
+            if wanted <= cap:
+                break
+            h *= max(1.1, (wanted / cap) ** (1.0 / 3.0))
         cells = 1
         for a in range(3):
             side[a] = max(1, int(np.ceil((hi[a] - lo[a]) / h))) if hi[a] > lo[a] else 1
             cells *= side[a]
-        while cells > cap:
-            h *= 1.1
-            cells = 1
-            for a in range(3):
-                side[a] = max(1, int(np.ceil((hi[a] - lo[a]) / h))) if hi[a] > lo[a] else 1
-                cells *= side[a]
         for a in range(3):
             size[a] = (hi[a] - lo[a]) / side[a] if hi[a] > lo[a] else 1.0
             inv[a] = 1.0 / size[a]  # cells are found by multiplying with this, here and in _span alike
@@ -351,7 +353,9 @@ def _span(v: float, lo: float, inv: float, side: int, reach: float) -> tuple[int
     over the cells' size; the same arithmetic as the points' cells, so that rounding cannot drop one)."""
     if reach == np.inf:
         return 0, side - 1
-    return max(0, int(np.floor((v - reach - lo) * inv))), min(side - 1, int(np.floor((v + reach - lo) * inv)))
+    last = side - 1.0  # clamped as floats: on a very thin axis the products overflow an int64
+    first = max(0.0, min(last, np.floor((v - reach - lo) * inv)))
+    return int(first), int(max(0.0, min(last, np.floor((v + reach - lo) * inv))))
 
 
 @njit(cache=True, nogil=True)
