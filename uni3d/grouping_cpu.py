@@ -353,9 +353,15 @@ def _span(v: float, lo: float, inv: float, side: int, reach: float) -> tuple[int
     over the cells' size; the same arithmetic as the points' cells, so that rounding cannot drop one)."""
     if reach == np.inf:
         return 0, side - 1
-    last = side - 1.0  # clamped as floats: on a very thin axis the products overflow an int64
-    first = max(0.0, min(last, np.floor((v - reach - lo) * inv)))
-    return int(first), int(max(0.0, min(last, np.floor((v + reach - lo) * inv))))
+    return _cell_of(v - reach, lo, inv, side), _cell_of(v + reach, lo, inv, side)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cell_of(v: float, lo: float, inv: float, side: int) -> int:
+    """The cell along one axis holding coordinate ``v``, clamped to the grid (compared as a float first: on an
+    axis of almost no extent the product overflows an int64; truncation is the floor for what is left)."""
+    f = (v - lo) * inv
+    return 0 if f < 0 else (side - 1 if f >= side - 1 else int(f))
 
 
 @njit(cache=True, nogil=True)
@@ -372,7 +378,10 @@ def _knn(grid, cx, cy, cz, k, dist, keys, beyond) -> None:  # noqa: ANN001
     h2 = min(side[2] - 1, max(0, int((p2 - lo[2]) * inv[2])))
     # first ball: the density of the smallest block of cells around the centre's cell that holds k points
     t = 0
+    held = 0
+    vol = 0.0
     while True:
+        held_before, vol_before = held, vol
         held = 0
         a0, a1 = max(0, h0 - t), min(side[0] - 1, h0 + t)
         b0, b1 = max(0, h1 - t), min(side[1] - 1, h1 + t)
@@ -381,13 +390,19 @@ def _knn(grid, cx, cy, cz, k, dist, keys, beyond) -> None:  # noqa: ANN001
             for iy in range(b0, b1 + 1):
                 base = (ix * side[1] + iy) * side[2]
                 held += start[base + c1 + 1] - start[base + c0]
+        vol = (a1 - a0 + 1) * size[0] if side[0] > 1 else 1.0
+        vol *= (b1 - b0 + 1) * size[1] if side[1] > 1 else 1.0
+        vol *= (c1 - c0 + 1) * size[2] if side[2] > 1 else 1.0
         if held >= k:
             break
         t += 1
-    vol = (a1 - a0 + 1) * size[0] if side[0] > 1 else 1.0
-    vol *= (b1 - b0 + 1) * size[1] if side[1] > 1 else 1.0
-    vol *= (c1 - c0 + 1) * size[2] if side[2] > 1 else 1.0
-    bound = np.float32((3.0 * k * vol / (4.0 * np.pi * held)) ** (2.0 / 3.0) * _KNN_BALL)
+    # the volume that holds k: between the last two blocks, counts taken to grow as a power of the volume
+    # (2/3 on a surface, 1 in a solid); from the density of the block when there is no block before it
+    wanted = k * vol / held
+    if held_before > 0 and held > held_before and vol > vol_before:
+        power = np.log(held / held_before) / np.log(vol / vol_before)
+        wanted = vol_before * (k / held_before) ** (1.0 / max(power, 0.25))
+    bound = np.float32((3.0 * wanted / (4.0 * np.pi)) ** (2.0 / 3.0) * _KNN_BALL)
     prev = np.float32(-1.0)  # the last ball's squared radius (-1: none yet)
     bits = dist.view(np.uint32)
     inside = outside = 0
