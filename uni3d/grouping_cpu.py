@@ -440,30 +440,19 @@ def _knn(grid, cx, cy, cz, k, dist, keys, beyond) -> None:  # noqa: ANN001
                     q0, q1 = _span(p2, lo[2], inv[2], side[2], _radius(prx - gy))
                     q0, q1 = max(q0, z0), min(q1, z1)
                 base = (ix * side[1] + iy) * side[2]
-                if (
-                    inside
-                    + outside
-                    + (start[base + z1 + 1] - start[base + z0])
-                    - (start[base + q1 + 1] - start[base + q0])
-                    > n
-                ):
+                new = (start[base + z1 + 1] - start[base + z0]) - (start[base + q1 + 1] - start[base + q0])
+                if inside + outside + new > n:
                     raise RuntimeError("grouping_cpu: a point was read twice (a bug)")  # not past the buffers' end
-                for j in range(start[base + z0], start[base + q0]):
-                    ex, ey, ez = xs[j] - cx, ys[j] - cy, zs[j] - cz
-                    dist[0] = ex * ex + ey * ey + ez * ez
-                    v = (np.int64(bits[0]) << 32) | order[j]
-                    keys[inside] = v
-                    inside += v <= bkey
-                    beyond[outside] = v
-                    outside += v > bkey
-                for j in range(start[base + q1 + 1], start[base + z1 + 1]):
-                    ex, ey, ez = xs[j] - cx, ys[j] - cy, zs[j] - cz
-                    dist[0] = ex * ex + ey * ey + ez * ez
-                    v = (np.int64(bits[0]) << 32) | order[j]
-                    keys[inside] = v
-                    inside += v <= bkey
-                    beyond[outside] = v
-                    outside += v > bkey
+                for part in range(2):  # the row's new cells: before the last ball's run, and after it
+                    first = start[base + z0] if part == 0 else start[base + q1 + 1]
+                    for j in range(first, start[base + q0] if part == 0 else start[base + z1 + 1]):
+                        ex, ey, ez = xs[j] - cx, ys[j] - cy, zs[j] - cz
+                        dist[0] = ex * ex + ey * ey + ez * ez
+                        v = (np.int64(bits[0]) << 32) | order[j]
+                        keys[inside] = v
+                        inside += v <= bkey
+                        beyond[outside] = v
+                        outside += v > bkey
         if inside >= k:
             break
         if bound == np.inf:  # every point is within an infinite ball, so all were read: k <= n
