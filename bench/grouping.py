@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     centres = pc[..., :3].gather(1, cpu_idx.unsqueeze(-1).expand(-1, -1, 3)).unsqueeze(2)
 
     def dists(nbrs: torch.Tensor) -> torch.Tensor:
-        d = (torch.stack([pc[b, nbrs[b], :3] for b in range(args.batch)]) - centres).square()
+        points = pc[..., :3].gather(1, nbrs.flatten(1).unsqueeze(-1).expand(-1, -1, 3)).view(*nbrs.shape, 3)
+        d = (points - centres).square()
         return (d[..., 0] + d[..., 1] + d[..., 2]).sort(-1).values
 
     assert torch.equal(dists(cpu_nbrs), dists(torch_nbrs)), "the CPU kernel formed other groups"

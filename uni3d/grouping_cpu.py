@@ -166,8 +166,8 @@ def group(
     pc = np.ascontiguousarray(pc, dtype=np.float32)
     if pc.ndim != 2 or pc.shape[1] < 3:
         raise ValueError(f"points must be (N, C >= 3), got shape {pc.shape}")
-    xyz = _checked(pc[:, :3], num_samples, k)
-    if not np.isfinite(pc).all():
+    xyz = _checked(pc[:, :3], num_samples, k)  # checks the coordinates
+    if not np.isfinite(pc[:, 3:]).all():
         raise ValueError("point features must be finite")
     if out is None:
         out = np.empty((num_samples, k, pc.shape[1]), np.float32), np.empty((num_samples, 3), np.float32)
@@ -248,9 +248,6 @@ def _fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.
         tv[i], ti[i] = tv[best], ti[best]
     centres = np.zeros(num_samples, np.int64)
     nbrs = np.empty((num_samples, k), np.int64)
-    dist = np.empty(1, np.float32)
-    keys = np.empty(n, np.int64)  # the kNN's candidates
-    beyond = np.empty(n, np.int64)
     far = 0
     for s in range(num_samples):
         centres[s] = far
@@ -286,6 +283,9 @@ def _fps_knn(xyz: np.ndarray, num_samples: int, k: int) -> tuple[np.ndarray, np.
         far = ti[1]
     if k > 0:  # after the FPS: each phase's arrays stay in cache
         knn_grid = _grid(xyz, _KNN_CELL, False)
+        dist = np.empty(1, np.float32)
+        keys = np.empty(n, np.int64)  # the kNN's candidates
+        beyond = np.empty(n, np.int64)
         for s in range(num_samples):
             c = centres[s]
             _knn(knn_grid, xyz[c, 0], xyz[c, 1], xyz[c, 2], k, dist, keys, beyond)
@@ -334,11 +334,8 @@ def _select(keys: np.ndarray, count: int, k: int) -> None:
 @njit(cache=True, nogil=True, inline="always")
 def _cell_gap_sq(v: float, lo: float, size: float, i: int) -> float:
     """Squared distance from a coordinate to the grid's i-th slab along one axis (0 inside)."""
-    a = lo + i * size
-    if v < a:
-        return (a - v) ** 2
-    b = a + size
-    return (v - b) ** 2 if v > b else 0.0
+    first = lo + i * size
+    return _gap_sq(v, first, first + size)
 
 
 @njit(cache=True, nogil=True, inline="always")
