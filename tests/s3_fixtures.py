@@ -1,22 +1,28 @@
-"""A real S3 API on this machine: moto's server on 127.0.0.1, and the environment that points ``pyarrow.fs``
-(hence Ray Data, Ray Train and our jobs, in this process and in Ray's workers) at it."""
+"""A real S3 API on this machine: moto's S3 server on 127.0.0.1 (``tests/s3_server.py``, a process of its own),
+and the environment that points ``pyarrow.fs`` (hence Ray Data, Ray Train and our jobs, in this process and in
+Ray's workers) at it."""
 
 from __future__ import annotations
 
-import logging
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pyarrow.fs as pafs
-from moto.server import ThreadedMotoServer
 
 
 class LocalS3:
     def __init__(self) -> None:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        self._log = tempfile.TemporaryFile()  # the server's stderr, for the error if it does not start
+        server = [sys.executable, str(Path(__file__).with_name("s3_server.py"))]
+        self._server = subprocess.Popen(server, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        port = self._server.stdout.readline().strip()  # type: ignore[union-attr]
+        if not port.isdigit():
+            self._log.seek(0)
+            raise RuntimeError(f"moto's S3 server did not start: {self._log.read().decode()[-2000:]}")
+        self.endpoint = f"http://127.0.0.1:{port}"
         self.env = {
             "AWS_ENDPOINT_URL": self.endpoint,  # read by pyarrow's S3 filesystem (and boto3)
             "AWS_ACCESS_KEY_ID": "testing",
@@ -42,7 +48,13 @@ class LocalS3:
         return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
     def stop(self) -> None:
-        self._server.stop()
+        self._server.terminate()
+        try:
+            self._server.wait(10)
+        except subprocess.TimeoutExpired:
+            self._server.kill()
+            self._server.wait(10)
+        self._log.close()
         for key, value in self._saved.items():
             if value is None:
                 os.environ.pop(key, None)

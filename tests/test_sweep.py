@@ -4,8 +4,8 @@ suite's Ray; its driver is killed (an injected fault, ``pipelines.faults``) once
 has checkpointed; the same command restores it from the bucket: Tune's own state keeps the finished trial, the
 interrupted one continues from its checkpoint, ASHA stops trials on the periodic held-out zero-shot top-1 against
 the rungs recorded before the kill, a trial whose worker is lost beyond its retries is reported as ERROR with its
-cause while the others go on; the report, TensorBoard per trial, MLflow; a trial bigger than the cluster is refused
-before any starts."""
+cause while the others go on; the trials train on one copy of the build, read by the driver; the report,
+TensorBoard per trial, MLflow; a trial bigger than the cluster is refused before any starts."""
 
 from __future__ import annotations
 
@@ -97,6 +97,11 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
     # the job's stdout is not a terminal: the trials' datasets log lines, no tqdm bars (Ray Data's or a teacher's)
     bars = [line for line in (first.stdout + first.stderr).splitlines() if "it/s]" in line or "row/s]" in line]
     assert not bars, bars[:5]
+    # the build's training rows were read once, by the driver, for every trial (Ray Data's own log of its plans;
+    # the trials' datasets log to this output too): one dataset dropped the held-out shapes, not one per trial
+    logs = (first.stdout + first.stderr).splitlines()
+    reads = [line for line in logs if "Execution plan of Dataset" in line and "drop_holdout" in line]
+    assert len(reads) == 1, reads
     finished = {r["trial_id"]: r["status"] for r in records(SWEEP) if r["status"] in ("TERMINATED", "STOPPED")}
     assert finished, records(SWEEP)
     restored_at = time.time()

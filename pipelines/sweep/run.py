@@ -306,7 +306,8 @@ def run_sweep(cfg: SweepConfig, sets: list[Layer], log: Any = print) -> SweepRes
     cfg.folder.mkdir()
     (cfg.folder / "sweep.json").write_text(json.dumps(_describe(cfg, sets, fitted), indent=2))
     log(f"[sweep] plan: {describe_plan(cfg, plan, concurrent, fitted)}")
-    # Shape counts and the held-out split (its class names embedded by the teacher) once, not once per trial.
+    # Shape counts, the held-out split (its class names embedded by the teacher) and, for a build that fits the
+    # object store, its training rows: once for every trial, not once per trial (one copy of the rows).
     prepared = tuple(prepare_data(train) for train in plan.by_data.values())
     ray_tqdm = DataContext.get_current().use_ray_tqdm  # as the job's connect() set it
     injected = os.environ.get(faults.ENV, "")  # tests only

@@ -135,4 +135,4 @@ def model_overrides(cfg: TrainConfig) -> dict[str, Any]:
 def data_key(cfg: TrainConfig) -> tuple:
     """What a run's prepared data depend on: runs (a sweep's trials) with the same key share one preparation."""
     categories = tuple(sorted(cfg.holdout_categories))
-    return (cfg.data, cfg.holdout_fraction, categories, cfg.seed, cfg.eval_max_shapes, cfg.eval_teacher)
+    return (cfg.data, cfg.holdout_fraction, categories, cfg.seed, cfg.eval_max_shapes, cfg.eval_teacher, cfg.cache_data)

@@ -33,6 +33,7 @@ from pipelines.settings import ConfigError
 from pipelines.storage import Location, is_uri, local_copy, local_init, local_output
 from pipelines.train.config import RESUME_KEYS, TrainConfig, data_key
 from pipelines.train.data import cached_units, file_units, shard_files
+from pipelines.train.epochs import Unit
 from pipelines.train.loop import train_loop
 from pipelines.train.run_log import Progress, RunLog, hparam_metrics
 from uni3d.hub import is_hub
@@ -74,8 +75,9 @@ def _check_build(cfg: TrainConfig, manifest: Manifest) -> None:
 
 @dataclass
 class DataPrep:
-    """What a run computes from its build before any worker starts: the shape counts and the labelled
-    held-out split (in the object store). A sweep prepares it once for all trials that share it."""
+    """What a run computes from its build before any worker starts: the shape counts, the labelled held-out
+    split (in the object store) and, for a build read once (``cache_data``), its training rows as blocks in the
+    object store. A sweep prepares it once for all trials that share it: one copy of the rows for every trial."""
 
     key: tuple  # data_key(cfg) of the runs it serves
     num_rows: int
@@ -83,6 +85,8 @@ class DataPrep:
     heldout: Any  # ObjectRef of a HeldOut, or None
     why: str  # what the periodic zero-shot runs on, or why it does not
     heldout_info: dict[str, Any]  # {"sets": [ZeroShotSet.info(), ...]} or {}
+    units: list[Unit] | None = None  # the training rows read once (None: each worker reads the build's files)
+    blocks: list[Any] = dataclasses.field(default_factory=list)  # their blocks' refs, alive as long as this is
 
 
 def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep:
@@ -97,7 +101,10 @@ def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep
             f"{', '.join(keys.class_names[:20])}{' …' if len(keys.class_names) > 20 else ''}"
         )
     ref, why, info = _heldout_ref(cfg, manifest, source, keys)
-    return DataPrep(data_key(cfg), keys.num_rows, keys.held.num_rows, ref, why, info)
+    prep = DataPrep(data_key(cfg), keys.num_rows, keys.held.num_rows, ref, why, info)
+    if _read_once(cfg):  # epochs then re-deal blocks from the object store instead of reading the files again
+        prep.units, prep.blocks = cached_units(cfg)
+    return prep
 
 
 def plan_run(cfg: TrainConfig, prep: DataPrep) -> RunPlan:
@@ -231,15 +238,12 @@ def run_pretrain(
     queue = _progress_queue() if verbose else None  # reports, for the progress lines here
     run_log = RunLog(str(run_dir), cfg.tensorboard, hparams, queue, hparam_metrics(bool(cfg.holdout_categories)))
 
-    if _read_once(cfg):  # epochs then re-deal blocks from the object store instead of reading the files again
-        units, blocks = cached_units(cfg)
-    else:
-        units, blocks = file_units(cfg), []
+    units = prepared.units if prepared.units is not None else file_units(cfg)  # `prepared` keeps the blocks alive
     if sum(u.rows for u in units) != plan.num_train:
         raise RuntimeError(f"{cfg.data}: {sum(u.rows for u in units)} training rows read, {plan.num_train} counted")
     # Ray Train propagates this from the driver to its controller, which collects reports that often
     os.environ[REPORT_POLL_ENV] = str(cfg.report_poll_s)
-    kind = f"{len(blocks)} blocks in the object store" if blocks else "Parquet row groups"
+    kind = f"{len(prepared.blocks)} blocks in the object store" if prepared.units is not None else "Parquet row groups"
     say(f"[pretrain] {len(units)} units of {kind}, dealt to the workers in a new order each epoch")
     trainer = TorchTrainer(
         train_loop,
