@@ -46,6 +46,7 @@ from pipelines.sweep.space import (
     describe_plan,
     fill_templates,
     fit_trials,
+    is_template,
     plan_sweep,
     shown_values,
     trial_config,
@@ -109,16 +110,12 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     starts.write_text(before + json.dumps({"trial_id": trial_id, "time": time.time(), "pid": os.getpid()}) + "\n")
     # TensorBoard's HParams: the trial's values as resolved, a template as written (its folders not filled in)
     shown = shown_values(params, trial_context(spec.sweep, params, trial_id))
-    hparams = {k: _hparam(shown[k] if _templated(params[k]) else getattr(cfg, k)) for k in spec.fields}
+    hparams = {k: _hparam(shown[k] if is_template(params[k]) else getattr(cfg, k)) for k in spec.fields}
     prepared = next((p for p in spec.prepared if p.key == data_key(cfg)), None)
     callbacks = [MetricReportCallback(spec.sweep.metric)]
     result = run_pretrain(cfg, verbose=False, callbacks=callbacks, hparams=hparams, prepared=prepared)
     if result.error is not None:
         raise RuntimeError(f"pretraining failed at step {result.step}: {result.error}")
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and "{" in value
 
 
 def _hparam(value: Any) -> Any:

@@ -128,11 +128,16 @@ def grid_arguments(items: list[str]) -> dict[str, list[Any]]:
     return out
 
 
+def is_template(value: Any) -> bool:
+    """A value that names other fields (``{model}``, ``{sweeps}``): ``fill_templates`` fills it per trial."""
+    return isinstance(value, str) and "{" in value
+
+
 def fill_templates(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """``{field}`` in string values -> the trial's value of that field (or ``{sweep}``, ``{trial_id}``)."""
     out = {}
     for key, value in params.items():
-        if isinstance(value, str) and "{" in value:
+        if is_template(value):
             names = re.findall(r"{(\w+)}", value)
             missing = [n for n in names if n not in context]
             if missing:
