@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The session's Ray: 2 CPUs as on a laptop, an object store sized explicitly (Ray's default is 30% of the
 # machine's memory), worker output kept out of the test log, no dashboard: nothing in the suite reads it (Ray
-# Train, Tune and Data run without it) and its processes took ~5% of the CPU in the Ray tests measured. Tests
-# that start Ray as users do (test_ray_submit.py, the cluster tests, jobs with a Ray of their own) keep theirs.
+# Train, Tune and Data run without it) and its processes took ~5% of the CPU in the Ray tests measured (the
+# cluster tests' head has none either). Ray started as users start it (test_ray_submit.py's `ray start`, jobs
+# with a Ray of their own) keeps its dashboard.
 RAY_INIT = dict(
     num_cpus=2, object_store_memory=2 << 30, log_to_driver=False, configure_logging=False, include_dashboard=False
 )

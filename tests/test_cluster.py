@@ -29,7 +29,8 @@ def cluster() -> Iterator[object]:
     ray.shutdown()  # the session's local Ray: its CPUs are this cluster's now
     # A lost node is declared dead after 3 failed health checks a second apart (Ray's default: 5, 3 s apart).
     checks = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000, "health_check_failure_threshold": 3}
-    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "_system_config": checks})
+    head = {"num_cpus": 2, "_system_config": checks, "include_dashboard": False}  # as the session's Ray: unread
+    made = Cluster(initialize_head=True, head_node_args=head)
     try:
         for _ in range(2):
             made.add_node(num_cpus=2)
