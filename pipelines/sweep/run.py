@@ -173,12 +173,17 @@ class ResumableASHA(tune.schedulers.ASHAScheduler):
     trial went on whenever it reached a rung first. This one writes its state (what ASHA's own ``save``
     pickles: its ``__dict__``) to ``state_file``, a local path or a URI, after every decision, and reads it
     back when a restored sweep adds its first trial.
+
+    It also keeps the trials it stopped. Tune saves its own state every few seconds, so a kill can come after
+    ASHA stopped a trial and before Tune saved that: the restored sweep then resumes the trial, whose rung
+    already records it, and ASHA's own rule (a recorded trial goes on) would let it run to the end.
     """
 
     def __init__(self, state_file: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state_file = state_file
         self._restored = False
+        self._stopped: set[str] = set()  # trials ASHA stopped below max_t, saved with the rungs
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         if not self._restored:
@@ -190,12 +195,16 @@ class ResumableASHA(tune.schedulers.ASHAScheduler):
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if trial.trial_id in self._stopped:  # stopped before a kill, resumed by a restored Tune: stopped again
+            return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
-        self._save()
         if result.get(self._time_attr, 0) >= self._max_t:
             # ASHA stops a trial that reaches max_t; that is its last step here, and a trial stopped by Tune
             # would be killed before it writes final/. It ends by itself.
-            return TrialScheduler.CONTINUE
+            action = TrialScheduler.CONTINUE
+        elif action == TrialScheduler.STOP:
+            self._stopped.add(trial.trial_id)
+        self._save()
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
