@@ -12,7 +12,8 @@ Layout of ``<storage>/<name>/``: ``sweep.json`` (the resolved sweep), Tune's exp
 ``tensorboard/`` with the trial's hyperparameters in the HParams view, checkpoints, ``final/``),
 ``report/`` (``pipelines.sweep.report``, refreshed while the sweep runs) and ``mlflow.db`` when MLflow
 is installed. Re-running the same sweep restores it with ``Tuner.restore``: finished trials are kept,
-interrupted ones resume from their last checkpoint, and ASHA keeps the rungs it had recorded.
+interrupted ones resume from their last checkpoint, and ASHA keeps the rungs it had recorded and the trials it
+stopped.
 """
 
 from __future__ import annotations
