@@ -54,6 +54,7 @@ class LocalS3:
         except subprocess.TimeoutExpired:
             self._server.kill()
             self._server.wait(10)
+        self._server.stdout.close()  # type: ignore[union-attr]
         self._log.close()
         for key, value in self._saved.items():
             if value is None:

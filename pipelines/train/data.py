@@ -38,17 +38,16 @@ def shard_files(data: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
 
-def cached_units(cfg: Any) -> tuple[list[Unit], list[Any]]:
-    """Read the build once into the object store (Ray Data, in the build's order); its blocks as units.
-
-    Returns the units and the block refs, which the caller keeps alive for the run."""
+def cached_units(cfg: Any) -> list[Unit]:
+    """Read the build once into the object store (Ray Data, in the build's order); its blocks as units, whose
+    refs keep the blocks alive as long as the caller holds the units."""
     ds = ray.data.read_parquet(os.path.join(cfg.data, "shards"), num_cpus=cfg.data_cpus)
     if holds_out(cfg):
         ds = ds.map_batches(drop_holdout, batch_format="pyarrow", fn_kwargs=filter_kwargs(cfg), num_cpus=cfg.data_cpus)
     ds.context.execution_options.preserve_order = True  # blocks in file order, whatever finished first
     refs = ds.to_arrow_refs()
     counts = ray.get([_num_rows.remote(ref) for ref in refs])
-    return [u for ref, n in zip(refs, counts, strict=True) for u in split_block(ref, n)], refs
+    return [u for ref, n in zip(refs, counts, strict=True) for u in split_block(ref, n)]
 
 
 def file_units(cfg: Any) -> list[Unit]:

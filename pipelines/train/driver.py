@@ -85,8 +85,8 @@ class DataPrep:
     heldout: Any  # ObjectRef of a HeldOut, or None
     why: str  # what the periodic zero-shot runs on, or why it does not
     heldout_info: dict[str, Any]  # {"sets": [ZeroShotSet.info(), ...]} or {}
-    units: list[Unit] | None = None  # the training rows read once (None: each worker reads the build's files)
-    blocks: list[Any] = dataclasses.field(default_factory=list)  # their blocks' refs, alive as long as this is
+    units: list[Unit] | None = None  # the training rows read once, their blocks alive as long as this is (None:
+    # each worker reads the build's files)
 
 
 def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep:
@@ -103,7 +103,7 @@ def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep
     ref, why, info = _heldout_ref(cfg, manifest, source, keys)
     prep = DataPrep(data_key(cfg), keys.num_rows, keys.held.num_rows, ref, why, info)
     if _read_once(cfg):  # epochs then re-deal blocks from the object store instead of reading the files again
-        prep.units, prep.blocks = cached_units(cfg)
+        prep.units = cached_units(cfg)
     return prep
 
 
@@ -238,12 +238,13 @@ def run_pretrain(
     queue = _progress_queue() if verbose else None  # reports, for the progress lines here
     run_log = RunLog(str(run_dir), cfg.tensorboard, hparams, queue, hparam_metrics(bool(cfg.holdout_categories)))
 
-    units = prepared.units if prepared.units is not None else file_units(cfg)  # `prepared` keeps the blocks alive
+    units = prepared.units if prepared.units is not None else file_units(cfg)
     if sum(u.rows for u in units) != plan.num_train:
         raise RuntimeError(f"{cfg.data}: {sum(u.rows for u in units)} training rows read, {plan.num_train} counted")
     # Ray Train propagates this from the driver to its controller, which collects reports that often
     os.environ[REPORT_POLL_ENV] = str(cfg.report_poll_s)
-    kind = f"{len(prepared.blocks)} blocks in the object store" if prepared.units is not None else "Parquet row groups"
+    read_once = prepared.units is not None
+    kind = f"{len({u.ref for u in units})} blocks in the object store" if read_once else "Parquet row groups"
     say(f"[pretrain] {len(units)} units of {kind}, dealt to the workers in a new order each epoch")
     trainer = TorchTrainer(
         train_loop,
