@@ -98,6 +98,7 @@ def test_deepspeed_bf16_keeps_fp32_masters_statistics_and_logit_scale(stage: int
         "WORLD_SIZE": "1",
         "LOCAL_WORLD_SIZE": "1",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions"),  # where DeepSpeed would JIT-build its C++ ops
     }
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(stage), str(tmp_path / "ckpt")],
@@ -107,3 +108,5 @@ def test_deepspeed_bf16_keeps_fp32_masters_statistics_and_logit_scale(stage: int
         timeout=600,
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-5000:]
+    # and it compiled nothing: not the shared-memory all-reduce op its CPU backend builds for inference (~30 s)
+    assert not (tmp_path / "torch_extensions").exists(), sorted((tmp_path / "torch_extensions").rglob("*"))

@@ -181,6 +181,22 @@ class DDPEngine(Engine):
         return scalar_logit_scale(self.model)  # fp32 weights: autocast computes in bf16, stores nothing in it
 
 
+def skip_shm_comm_build() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce op, which training never calls.
+
+    On a CPU node, DeepSpeed's communication backend JIT-compiles that C++ op when it starts (about 30 s of both
+    cores here, and it needs a C++ compiler and ninja), once per environment. Only DeepSpeed's inference all-reduce
+    uses it. DeepSpeed builds an op only if its table of compatible ops (``deepspeed.ops.__compatible_ops__``, probed
+    once per process) says so, so marking this one incompatible skips the build.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def deepspeed_config(
     batch_size: int, grad_clip: float, zero_stage: int, precision: Precision, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -233,6 +249,7 @@ class DeepSpeedEngine(Engine):
         self._frozen = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if not p.requires_grad}
         module = TrainModule(model)
         config = deepspeed_config(batch_size, grad_clip, zero_stage, precision, extra_config)
+        skip_shm_comm_build()
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
         if zero_stage == 3:  # TrainModule.forward reads the child's logit_scale: ZeRO-3 must gather it there
             deepspeed.zero.register_external_parameter(module, model.logit_scale)
