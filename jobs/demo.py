@@ -1,6 +1,6 @@
 """The demo: build a procedural dataset, pretrain with DeepSpeed on two CPU workers, evaluate zero-shot.
 
-    python jobs/demo.py                                   # what `make demo` runs: ~8 minutes on 2 cores
+    python jobs/demo.py                                   # what `make demo` runs: ~3 minutes on 2 cores
     python jobs/demo.py --shapes 4800 --points 2048 --model micro --epochs 30 --out demo-big
     python jobs/demo.py --teacher openclip:ViT-B-32@/models/open_clip_vit_b32.bin --address ray://head:10001 \
         --set num_workers=8 --set use_gpu=true --set worker_cpus=4

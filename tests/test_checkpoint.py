@@ -130,6 +130,19 @@ def test_config_with_unknown_field_is_refused(tmp_path: Path) -> None:
         uni3d.load_checkpoint(folder)
 
 
+def test_a_checkpoint_from_before_pointnet_width_loads_at_the_official_width(tmp_path: Path) -> None:
+    """Checkpoints written before ``pointnet_width`` existed (CPU presets then had the official mini-PointNet)."""
+    model = uni3d.create_model("nano", embed_dim=32, pointnet_width=128, encoder_dim=512)
+    folder = uni3d.save_checkpoint(model, tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    del config["encoder"]["pointnet_width"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = uni3d.load_checkpoint(folder)
+    assert loaded.cfg.pointnet_width == 128 and loaded.cfg == model.cfg
+    pc = random_cloud(2, 512)
+    assert torch.equal(embed(model, pc), embed(loaded, pc))
+
+
 def nano_vit(width: int = 64) -> torch.nn.Module:
     return timm.create_model("eva02_tiny_patch14_224", pretrained=False, embed_dim=width, depth=2, num_heads=2)
 

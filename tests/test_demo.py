@@ -23,8 +23,9 @@ import uni3d
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # 280 shapes, cup and sofa unseen, 10% of the others held out: 213 training shapes / 2 workers / batch 16 = 6 steps
-# an epoch, 48 steps (the demo's default: 672); measured here: 37% held-out top-1 of the trained categories
-DEMO = ["--shapes", "280", "--points", "512", "--epochs", "8"]
+# an epoch, 72 steps (the demo's default: 672); measured here (2026-12-07): 44% held-out top-1 of the trained
+# categories (26% after 8 epochs, too close to the 21% this test asks for)
+DEMO = ["--shapes", "280", "--points", "512", "--epochs", "12"]
 RUN = ["log_every=2", "checkpoint_every=16", "export_official=true", "max_failures=1"]
 
 
@@ -59,24 +60,24 @@ def test_the_demo_learns_at_a_small_size_through_a_failed_worker(
 
 
 def _check_the_run(run: Path, log: list[dict]) -> None:
-    assert [m["step"] for m in log] == list(range(2, 49, 2))
+    assert [m["step"] for m in log] == list(range(2, 73, 2))
     first, last = sum(m["loss"] for m in log[:3]) / 3, sum(m["loss"] for m in log[-3:]) / 3
     assert last < first - 0.3, [round(m["loss"], 3) for m in log]
     assert all(m["nonfinite_total"] == 0 and m["samples_per_s"] > 0 and m["data_wait_s"] >= 0 for m in log)
     evals = [m for m in log if "zeroshot_top1" in m]
-    assert [m["step"] for m in evals] == [48] and "unseen_top1" in evals[0]  # both measured during training
+    assert [m["step"] for m in evals] == [72] and "unseen_top1" in evals[0]  # both measured during training
     assert 0 <= evals[0]["zeroshot_top1"] <= evals[0]["zeroshot_top3"] <= evals[0]["zeroshot_top5"] <= 100
     model = uni3d.load_checkpoint(run / "final")
     assert model.embed_dim == 384 and model.cfg.width == 64 and model.logit_scale.shape == ()
     meta = uni3d.read_checkpoint_config(run / "final")["meta"]
-    assert meta["teacher"] == "minilm:all-MiniLM-L6-v2" and meta["step"] == 48
+    assert meta["teacher"] == "minilm:all-MiniLM-L6-v2" and meta["step"] == 72
     official = torch.load(run / "official" / "model.pt", weights_only=True)["module"]  # the release layout
     assert official.keys() == model.state_dict().keys() and official["logit_scale"].dtype == torch.float16
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["strategy"] == "deepspeed" and config["train"]["zero_stage"] == 1
-    assert config["plan"] == {"num_train": 213, "num_heldout": 67, "steps_per_epoch": 6, "total_steps": 48}
+    assert config["plan"] == {"num_train": 213, "num_heldout": 67, "steps_per_epoch": 6, "total_steps": 72}
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(list(run.glob("checkpoint_*-*"))) == 2  # keep_checkpoints, of the 3 written (steps 16, 32, 48)
+    assert len(list(run.glob("checkpoint_*-*"))) == 2  # keep_checkpoints, of the 5 written (steps 16, 32, 48, 64, 72)
 
 
 def _check_the_restart(run: Path, log: list[dict], printed: list[str]) -> None:
@@ -84,11 +85,11 @@ def _check_the_restart(run: Path, log: list[dict], printed: list[str]) -> None:
     from pipelines.train.driver import run_pretrain
 
     assert (run / "faults" / "exited-1@21").is_file()
-    assert [m["start_step"] for m in log] == [0] * 8 + [16] * 16  # steps 18 and 20 of the failed attempt logged once
+    assert [m["start_step"] for m in log] == [0] * 8 + [16] * 28  # steps 18 and 20 of the failed attempt logged once
     # Steps 17-20 were taken twice, before the exit and after the restart from step 16: the same losses and
-    # accuracies at the same learning rate (the driver prints every report: "... step 18/48 epoch 2 loss ...").
+    # accuracies at the same learning rate (the driver prints every report: "... step 18/72 epoch 2 loss ...").
     for step in (18, 20):
-        taken = [line.split()[:14] for line in printed if line.startswith(f"[pretrain] step {step}/48 ")]
+        taken = [line.split()[:14] for line in printed if line.startswith(f"[pretrain] step {step}/72 ")]
         assert len(taken) == 2 and taken[0] == taken[1], (step, taken)
         assert float(taken[1][taken[1].index("loss") + 1]) == pytest.approx(log[step // 2 - 1]["loss"], abs=1e-4)
     # The same run again: it is finished (and the fault spent: its marker is in the run), nothing runs.

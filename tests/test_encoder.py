@@ -46,6 +46,16 @@ def test_preset_table_matches_timm_models() -> None:
         assert (cfg.num_group, cfg.group_size, cfg.encoder_dim, cfg.num_points) == (512, 64, 512, 10_000)
 
 
+@pytest.mark.parametrize("name", [*OFFICIAL_PARAM_COUNTS, *CPU_PRESETS])
+def test_mini_pointnet_widths_official_and_a_quarter_for_the_cpu_presets(name: str) -> None:
+    with torch.device("meta"):
+        net = uni3d.create_model(name).point_encoder.encoder
+    c, out = (128, 512) if name in OFFICIAL_PARAM_COUNTS else (32, 128)  # docs/method.md §2, §9
+    convs = [net.first_conv[0], net.first_conv[3], net.second_conv[0], net.second_conv[3]]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(6, c), (c, 2 * c), (4 * c, 4 * c), (4 * c, out)]
+    assert (PRESETS[name].pointnet_width, PRESETS[name].encoder_dim) == (c, out)
+
+
 @pytest.mark.parametrize("name", CPU_PRESETS)
 def test_cpu_preset_forward_backward(name: str) -> None:
     model = uni3d.create_model(name, embed_dim=48).train()

@@ -55,7 +55,7 @@ class PointEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = MiniPointNet(cfg.encoder_dim)
+        self.encoder = MiniPointNet(cfg.encoder_dim, cfg.pointnet_width)
         self.encoder2trans = nn.Linear(cfg.encoder_dim, cfg.width)
         self.trans2embed = nn.Linear(cfg.width, cfg.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))

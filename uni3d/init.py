@@ -250,7 +250,7 @@ def _run_state(spec: InitSpec, path: Path, cfg: EncoderConfig, meta: bool) -> tu
         if "point_encoder.cls_token" not in state:
             raise ValueError(f"init {spec}: {path} is neither a uni3d-ray checkpoint nor an official Uni3D model.pt")
         source = infer_official_config(state, source=str(path))
-    sizes = ("width", "depth", "num_heads", "embed_dim", "encoder_dim")
+    sizes = ("width", "depth", "num_heads", "embed_dim", "encoder_dim", "pointnet_width")
     same = all(getattr(source, f) == getattr(cfg, f) for f in sizes)
     target = cfg.replace(timm_model=source.timm_model, timm_kwargs=source.timm_kwargs) if same else cfg
     with torch.device("meta"):
@@ -286,7 +286,7 @@ def _fits(names: list[str]) -> str:
 
 def _name(cfg: EncoderConfig) -> str:
     """E.g. ``preset 'nano' (eva02_tiny_patch14_224, width 64, depth 2, heads 2, embed_dim 1024)``."""
-    keys = ("width", "depth", "num_heads", "num_group", "group_size", "encoder_dim")
+    keys = ("width", "depth", "num_heads", "num_group", "group_size", "encoder_dim", "pointnet_width")
     names = [name for name, p in PRESETS.items() if all(getattr(p, k) == getattr(cfg, k) for k in keys)]
     sizes = f"{cfg.timm_model}, width {cfg.width}, depth {cfg.depth}, heads {cfg.num_heads}, embed_dim {cfg.embed_dim}"
     return f"preset {names[0]!r} ({sizes})" if names else f"no preset ({sizes})"

@@ -27,13 +27,15 @@ class EncoderConfig:
     num_group: int = 512  # G, FPS centres
     group_size: int = 64  # K, points per group (kNN)
     encoder_dim: int = 512  # mini-PointNet output channels
+    pointnet_width: int = 128  # c: mini-PointNet convs 6 -> c -> 2c, then 4c -> 4c -> encoder_dim (official: 128)
     num_points: int = 10_000  # N the data pipeline samples for this preset
     patch_dropout: float = 0.5  # FLIP patch dropout, training only
     drop_path_rate: float = 0.2  # stochastic depth, linear over blocks, training only
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("width", "depth", "num_heads", "embed_dim", "num_group", "group_size", "encoder_dim"):
+        sizes = ("width", "depth", "num_heads", "embed_dim", "num_group", "group_size", "encoder_dim", "pointnet_width")
+        for name in sizes:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"EncoderConfig.{name} must be a positive int, got {value!r}")
@@ -69,7 +71,9 @@ def _official(timm_model: str, width: int, depth: int, num_heads: int) -> Encode
 
 
 def _cpu(width: int, depth: int, num_heads: int, num_group: int, group_size: int, num_points: int) -> EncoderConfig:
-    # A narrower, shallower eva02_tiny: same block type, same tokenizer, smaller numbers.
+    # A narrower, shallower eva02_tiny: same block type, same tokenizer, smaller numbers. The mini-PointNet at a
+    # quarter of the official widths (c = 32, 128 output channels): at the official widths it is most of a CPU
+    # preset's parameters and ~85% of its training step on a CPU core (docs/method.md, "CPU presets").
     return EncoderConfig(
         timm_model="eva02_tiny_patch14_224",
         timm_kwargs={"embed_dim": width, "depth": depth, "num_heads": num_heads},
@@ -79,6 +83,8 @@ def _cpu(width: int, depth: int, num_heads: int, num_group: int, group_size: int
         num_group=num_group,
         group_size=group_size,
         num_points=num_points,
+        encoder_dim=128,
+        pointnet_width=32,
         drop_path_rate=0.1,
     )
 

@@ -207,22 +207,23 @@ class MiniPointNet(nn.Module):
     Module names (``first_conv``, ``second_conv``) follow the official checkpoints.
     """
 
-    def __init__(self, out_dim: int = 512) -> None:
+    def __init__(self, out_dim: int = 512, width: int = 128) -> None:
         super().__init__()
         self.out_dim = out_dim
+        c = width  # official: 128 (convs 6 -> 128 -> 256, then 512 -> 512 -> out_dim)
         self.first_conv = nn.Sequential(
-            nn.Conv1d(6, 128, 1), Fp32BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+            nn.Conv1d(6, c, 1), Fp32BatchNorm1d(c), nn.ReLU(inplace=True), nn.Conv1d(c, 2 * c, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), Fp32BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_dim, 1)
+            nn.Conv1d(4 * c, 4 * c, 1), Fp32BatchNorm1d(4 * c), nn.ReLU(inplace=True), nn.Conv1d(4 * c, out_dim, 1)
         )
 
     def forward(self, patches: Tensor) -> Tensor:
         batch, groups, k, channels = patches.shape
         x = patches.reshape(batch * groups, k, channels).transpose(1, 2)  # (BG, 6, K)
-        x = self.first_conv(x)  # (BG, 256, K)
-        x_global = x.amax(dim=2, keepdim=True)  # (BG, 256, 1)
-        x = torch.cat([x_global.expand(-1, -1, k), x], dim=1)  # (BG, 512, K)
+        x = self.first_conv(x)  # (BG, 2c, K)
+        x_global = x.amax(dim=2, keepdim=True)  # (BG, 2c, 1)
+        x = torch.cat([x_global.expand(-1, -1, k), x], dim=1)  # (BG, 4c, K)
         x = self.second_conv(x)  # (BG, C, K)
         return x.amax(dim=2).reshape(batch, groups, self.out_dim)  # (B, G, C)
 
