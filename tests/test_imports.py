@@ -18,6 +18,13 @@ def test_the_package_and_its_data_side_modules_do_not_import_timm() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
 
 
+def test_the_pretraining_driver_does_not_import_the_model() -> None:
+    # a run's driver, and every trial of a sweep, plans and starts Ray Train; only its workers build the model
+    code = "import sys, pipelines.train.driver, pipelines.sweep.run; print('timm' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
 def test_every_public_name_resolves() -> None:
     assert set(uni3d.__all__) <= set(dir(uni3d))
     for name in uni3d.__all__:

@@ -34,11 +34,21 @@ from pipelines.storage import Location, is_uri, local_copy, local_init, local_ou
 from pipelines.train.config import RESUME_KEYS, TrainConfig, data_key
 from pipelines.train.data import cached_units, file_units, shard_files
 from pipelines.train.epochs import Unit
-from pipelines.train.loop import train_loop
 from pipelines.train.run_log import Progress, RunLog, hparam_metrics
 from uni3d.hub import is_hub
 
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # TrainConfig.report_poll_s
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's function per worker: ``pipelines.train.loop.train_loop``, imported in the worker.
+
+    The training loop imports the model (torch, timm and torchvision, ~2 s of CPU). The driver only plans and
+    starts the run, so it does not import it: in a sweep every trial is a driver.
+    """
+    from pipelines.train.loop import train_loop
+
+    train_loop(config)
 
 
 @dataclass
@@ -247,7 +257,7 @@ def run_pretrain(
     kind = f"{len({u.ref for u in units})} blocks in the object store" if read_once else "Parquet row groups"
     say(f"[pretrain] {len(units)} units of {kind}, dealt to the workers in a new order each epoch")
     trainer = TorchTrainer(
-        train_loop,
+        worker_loop,
         train_loop_config={
             "train": dataclasses.asdict(cfg),
             "teacher": manifest.teacher,
