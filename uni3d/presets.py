@@ -2,8 +2,8 @@
 
 The five official scales reuse timm's EVA models by name (``tiny`` … ``giant``), so their
 parameter counts equal the official release at ``embed_dim=1024``. The CPU presets reuse the
-same timm model with fewer blocks, a narrower width and a coarser tokenization, for tests and
-demos; they are rows in this table, never copied model classes.
+same timm model with fewer blocks, a narrower width, a coarser tokenization and a mini-PointNet at a
+quarter of the official widths, for tests and demos; they are rows in this table, never copied model classes.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _official(timm_model: str, width: int, depth: int, num_heads: int) -> Encode
 def _cpu(width: int, depth: int, num_heads: int, num_group: int, group_size: int, num_points: int) -> EncoderConfig:
     # A narrower, shallower eva02_tiny: same block type, same tokenizer, smaller numbers. The mini-PointNet at a
     # quarter of the official widths (c = 32, 128 output channels): at the official widths it is most of a CPU
-    # preset's parameters and ~85% of its training step on a CPU core (docs/method.md, "CPU presets").
+    # preset's parameters and ~85% of its training step on a CPU core (docs/method.md §9).
     return EncoderConfig(
         timm_model="eva02_tiny_patch14_224",
         timm_kwargs={"embed_dim": width, "depth": depth, "num_heads": num_heads},
