@@ -93,7 +93,7 @@ def ray_run(data: Path, storage: Path, name: str, model_name: str, workers: int,
     fields |= {"storage": str(storage), "name": name, "eval_every": 0, "holdout_fraction": 0.0}
     fields |= {"checkpoint_every": 10**9, "warmup_steps": 10}
     result = run_pretrain(make_config(str(data), "cpu", {**fields, **sets}), verbose=False)
-    assert result.finished, result.error
+    assert result.finished, result
     log = [json.loads(line) for line in (storage / name / "metrics.jsonl").read_text().splitlines()]
     samples = elapsed = wait = 0.0
     for prev, m in zip(log, log[1:], strict=False):  # windows after the first: start-up excluded
@@ -116,7 +116,7 @@ def reporting(data: Path, storage: Path, args: argparse.Namespace) -> None:
         start = time.perf_counter()
         result = run_pretrain(make_config(str(data), "cpu", fields), verbose=False)
         total = time.perf_counter() - start
-        assert result.step == args.steps, result.error
+        assert result.step == args.steps, result
         log = [json.loads(line) for line in (storage / name / "metrics.jsonl").read_text().splitlines()]
         wall = (log[-1]["time"] - log[0]["time"]) / (len(log) - 1)  # steps after the first
         compute = sum(args.batch * args.workers / m["samples_per_s"] for m in log[1:]) / (len(log) - 1)

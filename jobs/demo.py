@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trained = run_pretrain(cfg)
     if not trained.finished:
-        raise SystemExit(f"[demo] pretraining stopped at step {trained.step}: {trained.error}")
+        raise SystemExit(f"[demo] pretraining stopped at step {trained.step} of {trained.total_steps} (until_step)")
     times["pretrain"] = time.perf_counter() - start
 
     start = time.perf_counter()

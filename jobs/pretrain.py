@@ -72,10 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[pretrain] failed: {exc}")
         print(f"[pretrain] run the same command again to resume from the last checkpoint of {cfg.storage}/{cfg.name}")
         return 1
-    if result.error is not None:
-        print(f"[pretrain] failed at step {result.step}: {result.error}")
-        print(f"[pretrain] run the same command again to resume from the last checkpoint in {result.run_dir}")
-        return 1
     if not result.finished:
         print(f"[pretrain] stopped at step {result.step} of {result.total_steps} (until_step); run again to go on")
         return 0

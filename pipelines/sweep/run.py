@@ -114,9 +114,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     hparams = {k: _hparam(shown[k] if is_template(params[k]) else getattr(cfg, k)) for k in spec.fields}
     prepared = next((p for p in spec.prepared if p.key == data_key(cfg)), None)
     callbacks = [MetricReportCallback(spec.sweep.metric)]
-    result = run_pretrain(cfg, verbose=False, callbacks=callbacks, hparams=hparams, prepared=prepared)
-    if result.error is not None:
-        raise RuntimeError(f"pretraining failed at step {result.step}: {result.error}")
+    run_pretrain(cfg, verbose=False, callbacks=callbacks, hparams=hparams, prepared=prepared)  # a failure raises
 
 
 def _hparam(value: Any) -> Any:

@@ -63,16 +63,17 @@ class RunPlan:
 
 @dataclass
 class PretrainResult:
+    """A run that ended without an error (a failed run raises ``ray.train.TrainingFailedError`` from ``fit``)."""
+
     run_dir: str  # an absolute local path or a URI
     step: int  # the step the run stopped at
     total_steps: int
     metrics: dict[str, Any]  # the last reported metrics
     final: str | None  # <run>/final once the last step is done
-    error: BaseException | None = None
 
     @property
     def finished(self) -> bool:
-        return self.error is None and self.step >= self.total_steps
+        return self.step >= self.total_steps
 
 
 def _check_build(cfg: TrainConfig, manifest: Manifest) -> None:
@@ -326,7 +327,7 @@ def _finish(cfg: TrainConfig, run_dir: Location, plan: RunPlan, result: ray.trai
         with local_copy(final) as folder, local_output(run_dir / "official") as out:
             uni3d.export_official(uni3d.load_checkpoint(folder), out / "model.pt")
     done = str(final) if final is not None else None
-    return PretrainResult(str(run_dir), step, plan.total_steps, dict(result.metrics or {}), done, result.error)
+    return PretrainResult(str(run_dir), step, plan.total_steps, dict(result.metrics or {}), done)
 
 
 def text_groups_warning(data: str, schema_version: int) -> str | None:
