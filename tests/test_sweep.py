@@ -2,8 +2,9 @@
 (moto's server on 127.0.0.1): the README's sweep line with its own flags (shrunk only through --set) runs on the
 suite's Ray; its driver is killed (an injected fault, ``pipelines.faults``) once a trial has finished and another
 has checkpointed; the same command restores it from the bucket: Tune's own state keeps the finished trial, the
-interrupted one continues from its checkpoint, ASHA stops trials on the periodic held-out zero-shot top-1 against
-the rungs recorded before the kill, a trial whose worker is lost beyond its retries is reported as ERROR with its
+interrupted one continues from its checkpoint, ASHA stops exactly the trials whose periodic held-out zero-shot top-1
+is below its rule's cutoff, against the rungs recorded before the kill too, a trial whose worker is lost beyond its
+retries is reported as ERROR with its
 cause while the others go on; the trials train on one copy of the build, read by the driver; the report,
 TensorBoard per trial, MLflow; a trial bigger than the cluster is refused before any starts."""
 
@@ -155,10 +156,10 @@ def test_the_readmes_sweep_line_is_killed_restored_from_the_bucket_and_tune_keep
     # writing): each trial's value at a rung is its top-1 at that step as its run logged it; a trial was stopped
     # there exactly when it was below the cutoff of the trials recorded at that rung before it (their median, for
     # reduction factor 2)
+    # Whether a trial falls below the cutoff depends on the order the trials reach a rung and on a 10-step top-1 over
+    # 25 shapes, so it is not asserted that one does (the stop and its restore: tests/test_sweep_scheduler.py)
     stopped = {r["trial_id"] for r in rows.values() if r["status"] == "STOPPED"}
-    assert stopped and all(
-        int(r["steps"]) < int(r["total_steps"]) == 10 for r in rows.values() if r["trial_id"] in stopped
-    )
+    assert all(int(r["steps"]) < int(r["total_steps"]) == 10 for r in rows.values() if r["trial_id"] in stopped)
     state = pickle.loads((Location.of(SWEEP) / "scheduler" / "asha.pkl").read_bytes())
     (bracket,) = state["_brackets"]
     rungs = dict(bracket._rungs)  # step -> {trial id: top-1}, in the order the results came
