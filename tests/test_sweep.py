@@ -4,9 +4,9 @@ suite's Ray; its driver is killed (an injected fault, ``pipelines.faults``) once
 has checkpointed; the same command restores it from the bucket: Tune's own state keeps the finished trial, the
 interrupted one continues from its checkpoint, ASHA stops exactly the trials whose periodic held-out zero-shot top-1
 is below its rule's cutoff, against the rungs recorded before the kill too, a trial whose worker is lost beyond its
-retries is reported as ERROR with its
-cause while the others go on; the trials train on one copy of the build, read by the driver; the report,
-TensorBoard per trial, MLflow; a trial bigger than the cluster is refused before any starts."""
+retries is reported as ERROR with its cause while the others go on; the trials train on one copy of the build, read
+by the driver; the report, TensorBoard per trial, MLflow; a trial bigger than the cluster is refused before any
+starts."""
 
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ def infer_official_config(state: dict[str, Tensor], source: str = "state dict") 
         name = preset_for_width(width)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from err
-    cfg = get_preset(name, embed_dim=embed_dim, encoder_dim=encoder_dim)
+    pointnet_width = state["point_encoder.encoder.first_conv.0.weight"].shape[0]
+    cfg = get_preset(name, embed_dim=embed_dim, encoder_dim=encoder_dim, pointnet_width=pointnet_width)
     if depth != cfg.depth:
         raise ValueError(
             f"{source}: width {width} means preset {name!r} with {cfg.depth} blocks, but the file has {depth}"

@@ -96,8 +96,8 @@ class DataPrep:
     heldout: Any  # ObjectRef of a HeldOut, or None
     why: str  # what the periodic zero-shot runs on, or why it does not
     heldout_info: dict[str, Any]  # {"sets": [ZeroShotSet.info(), ...]} or {}
-    units: list[Unit] | None = None  # the training rows read once, their blocks alive as long as this is (None:
-    # each worker reads the build's files)
+    # the training rows read once, their blocks alive as long as this is (None: each worker reads the build's files)
+    units: list[Unit] | None = None
 
 
 def prepare_data(cfg: TrainConfig, manifest: Manifest | None = None) -> DataPrep:
