@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/encoder.py
 	$(BIN)/python bench/meshes.py
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/startup.py
 
 # on a GPU machine: encoder step MFU, grouping share, teacher towers, Ray Train vs bare loop -> bench-gpu.md
 bench-gpu: $(STAMP)

@@ -25,6 +25,13 @@ def test_the_pretraining_driver_does_not_import_the_model() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
 
 
+def test_the_offline_teacher_loads_without_transformers() -> None:
+    # every build's embedding actor loads it: transformers' modelling code was ~3 s of CPU there (uni3d.minilm)
+    code = "import sys, uni3d; uni3d.build_teacher('minilm'); print('transformers' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
 def test_every_public_name_resolves() -> None:
     assert set(uni3d.__all__) <= set(dir(uni3d))
     for name in uni3d.__all__:

