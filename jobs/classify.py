@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.evaluate.run import resolve_teacher
 
     labels = parse_labels(args.labels, args.labels_file, args.classes)
+    points = mesh_points(args.mesh, args.num_points, args.up_axis)  # a bad mesh is refused before any load
     if not is_hub(args.checkpoint) and not Location.of(args.checkpoint).exists():  # hub names: fetched below
         raise MissingInput(f"checkpoint {args.checkpoint} does not exist")
     with local_copy(args.checkpoint) as checkpoint:  # a URI is copied here for the load
@@ -57,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         teacher_name = resolve_teacher(EvalConfig(checkpoint=str(checkpoint), teacher=args.teacher))
     extra = {"text_only": True} if teacher_name.startswith("openclip:") else {}
     teacher = uni3d.build_teacher(uni3d.parse_teacher(teacher_name, **extra))
-    points = mesh_points(args.mesh, args.num_points, args.up_axis)
     results = what_is_this(model, teacher, teacher_name, points, labels, args.top_k)
     if args.json:
         print(json.dumps({m: [p.__dict__ for p in r] for m, r in zip(args.mesh, results, strict=True)}, indent=2))

@@ -118,6 +118,9 @@ def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "modelnet40" / "test_split.json").write_text(json.dumps([{"category": "sofa"}] * 4))
     with pytest.raises(EvalSetError, match=r"test_split.json \[0\]: category .*'sofa'.* not in the shape names"):
         read_modelnet40(tmp_path)
+    (tmp_path / "modelnet40" / "test_pc.npy").write_bytes(b"not a pickle")  # the loader's message, as a job error
+    with pytest.raises(EvalSetError, match=r"modelnet40/test_pc.npy: not a .npy file"):
+        read_benchmark("modelnet40", tmp_path)
 
 
 def test_logistic_regression_matches_scikit_learn() -> None:

@@ -101,10 +101,15 @@ def test_every_job_names_a_missing_input_in_one_error_line_and_exits_2(tmp_path,
     nowhere = str(tmp_path / "nowhere")
     mesh = tmp_path / "m.off"
     mesh.write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
+    empty = tmp_path / "empty.obj"
+    empty.write_bytes(b"")
     cases = [
         (classify, ["--checkpoint", nowhere, "--mesh", str(mesh), "--labels", "a,b"], f"checkpoint {nowhere} does not"),
         (classify, ["--checkpoint", nowhere, "--mesh", str(mesh)], "the label list is empty"),
         (classify, ["--checkpoint", nowhere, "--mesh", str(mesh), "--labels-file", nowhere], "labels file"),
+        # a query mesh that cannot be read, or a folder: named, before the checkpoint is looked at
+        (classify, ["--checkpoint", nowhere, "--mesh", str(empty), "--labels", "a,b"], f"{empty}: empty file"),
+        (classify, ["--checkpoint", nowhere, "--mesh", str(tmp_path), "--labels", "a,b"], "not a regular file"),
         (search, ["--gallery", nowhere, "--text", "a chair"], "no gallery shards"),
         (embed, ["--checkpoint", nowhere, "--root", str(tmp_path), "--out", str(tmp_path / "g")], "does not exist"),
     ]

@@ -20,6 +20,7 @@ import uni3d
 from pipelines.build.codec import decode_points_batch
 from pipelines.evaluate.sets import MODELNET40_LABELS, SCANOBJECTNN_CLASSES
 from pipelines.meshes.load import load_mesh
+from pipelines.meshes.mesh import MeshError
 from pipelines.meshes.sampling import sample_points
 from pipelines.settings import ConfigError, MissingInput
 from uni3d.retrieval import recall_at_k, search
@@ -30,8 +31,12 @@ CLASS_LISTS = {"modelnet40": MODELNET40_LABELS, "scanobjectnn": SCANOBJECTNN_CLA
 
 
 def mesh_points(paths: Sequence[str | Path], num_points: int, up_axis: str = "y") -> np.ndarray:
-    """Mesh files -> ``(B, N, 6)`` float32 clouds (a bad file raises ``MeshError`` naming it)."""
-    return np.stack([sample_points(load_mesh(p, up_axis=up_axis), num_points, seed=0).points for p in paths])
+    """A user's query mesh files -> ``(B, N, 6)`` float32 clouds; a file that cannot be read raises ``ConfigError``
+    with the loader's message, which names the file (a job's one ``error:`` line)."""
+    try:
+        return np.stack([sample_points(load_mesh(p, up_axis=up_axis), num_points, seed=0).points for p in paths])
+    except MeshError as err:
+        raise ConfigError(str(err)) from err
 
 
 def embed_points(model: uni3d.Uni3D, points: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.meshes.mesh import NO_COLOR
+from pipelines.meshes.mesh import NO_COLOR, MeshError
 from pipelines.meshes.sampling import normalize_unit_sphere
 from pipelines.settings import ConfigError
 from pipelines.sources.openshape_files import read_openshape_file, read_pickled_npy
@@ -190,4 +190,7 @@ def read_benchmark(name: str, root: str | Path) -> EvalSet:
     readers = {"modelnet40": read_modelnet40, "scanobjectnn": read_scanobjectnn, "objaverse_lvis": read_objaverse_lvis}
     if name not in readers:
         raise EvalSetError(f"unknown benchmark {name!r}; benchmarks: {list(readers)} or a build folder")
-    return readers[name](root)  # unreadable pickles raise MeshError naming the file
+    try:
+        return readers[name](root)
+    except MeshError as err:  # an unreadable file of the set: its message names it
+        raise EvalSetError(str(err)) from err

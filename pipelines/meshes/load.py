@@ -50,13 +50,13 @@ def load_mesh(path: str | Path, limits: MeshLimits = DEFAULT_LIMITS, up_axis: st
         raise ValueError(f"up_axis must be 'y' or 'z', got {up_axis!r}")
     path = Path(path)
     name = str(path)
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise MeshError(f"{name}: unsupported file extension {path.suffix!r} (supported: {sorted(_FORMATS)})")
     if not path.exists():
         raise MeshError(f"{name}: no such file")
     if not path.is_file():
         raise MeshError(f"{name}: not a regular file")
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise MeshError(f"{name}: unsupported file extension {path.suffix!r} (supported: {sorted(_FORMATS)})")
     size = path.stat().st_size
     if size == 0:
         raise MeshError(f"{name}: empty file (0 bytes)")
