@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray.train  # here: --help and argument errors come before the heavy imports
 
+    from pipelines.build.manifest import read_manifest
     from pipelines.train.driver import run_pretrain
 
+    read_manifest(f"{cfg.data.rstrip('/')}/manifest.json")  # not a build: refused before Ray starts
     connect(args.address, log_level=args.log_level)
     try:
         result = run_pretrain(cfg)

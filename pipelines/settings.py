@@ -28,6 +28,8 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from uni3d.errors import CheckpointError
+
 T = TypeVar("T")
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
@@ -277,13 +279,14 @@ def usage_error(exc: Exception) -> int:
 
 def job_main(main: Callable[..., Any]) -> Callable[..., Any]:
     """A job's ``main``: a ``ConfigError`` raised anywhere in it (bad flags, a missing file, a build that does
-    not fit the run) becomes one ``error:`` line on stderr and exit status 2, with no traceback."""
+    not fit the run) or a ``uni3d.CheckpointError`` (a checkpoint given that cannot be loaded) becomes one ``error:``
+    line on stderr and exit status 2, with no traceback."""
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> Any:
         try:
             return main(argv)
-        except ConfigError as exc:
+        except (ConfigError, CheckpointError) as exc:
             return usage_error(exc)
 
     return wrapped

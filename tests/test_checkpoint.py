@@ -83,7 +83,7 @@ def test_mismatched_checkpoint_lists_the_keys(tmp_path: Path) -> None:
     state["point_encoder.extra.weight"] = torch.zeros(3)
     state["point_encoder.pos_embed.0.weight"] = torch.zeros(128, 4)
     torch.save({"module": state}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(uni3d.CheckpointError) as err:
         uni3d.load_checkpoint(tmp_path / "bad.pt")
     text = str(err.value)
     assert "bad.pt" in text
@@ -96,7 +96,7 @@ def test_official_file_with_wrong_depth_is_refused(tmp_path: Path) -> None:
     state = uni3d.create_model("tiny").state_dict()
     state = {k: v for k, v in state.items() if ".blocks.11." not in k}
     torch.save({"module": state}, tmp_path / "short.pt")
-    with pytest.raises(ValueError, match="12 blocks, but the file has 11"):
+    with pytest.raises(uni3d.CheckpointError, match="12 blocks, but the file has 11"):
         uni3d.load_checkpoint(tmp_path / "short.pt")
 
 
@@ -105,20 +105,27 @@ class NotAllowed:  # an arbitrary pickled object: weights_only loading must refu
 
 
 def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(uni3d.CheckpointError, match="does not exist"):
         uni3d.load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="junk.pt: not a readable torch checkpoint"):
+    with pytest.raises(uni3d.CheckpointError, match="junk.pt: not a readable torch checkpoint"):
         uni3d.load_checkpoint(tmp_path / "junk.pt")
     torch.save({"module": {"x": NotAllowed()}}, tmp_path / "code.pt")
-    with pytest.raises(ValueError, match="code.pt: not a readable torch checkpoint"):
+    with pytest.raises(uni3d.CheckpointError, match="code.pt: not a readable torch checkpoint"):
         uni3d.load_checkpoint(tmp_path / "code.pt")
     torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an official Uni3D checkpoint"):
+    with pytest.raises(uni3d.CheckpointError, match="not an official Uni3D checkpoint"):
         uni3d.load_checkpoint(tmp_path / "other.pt")
     (tmp_path / "plain").mkdir()
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(uni3d.CheckpointError, match="no config.json"):
         uni3d.load_checkpoint(tmp_path / "plain")
+    (tmp_path / "plain" / "config.json").write_text("{not json")
+    with pytest.raises(uni3d.CheckpointError, match="config.json: not valid JSON"):
+        uni3d.load_checkpoint(tmp_path / "plain")
+    folder = uni3d.save_checkpoint(uni3d.create_model("nano"), tmp_path / "cut")
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(uni3d.CheckpointError, match="model.safetensors: not a readable safetensors file"):
+        uni3d.load_checkpoint(folder)
 
 
 def test_config_with_unknown_field_is_refused(tmp_path: Path) -> None:
@@ -126,7 +133,7 @@ def test_config_with_unknown_field_is_refused(tmp_path: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
     config["encoder"]["num_layers"] = 3
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"unknown EncoderConfig fields: \['num_layers'\]"):
+    with pytest.raises(uni3d.CheckpointError, match=r"unknown EncoderConfig fields: \['num_layers'\]"):
         uni3d.load_checkpoint(folder)
 
 

@@ -96,6 +96,7 @@ def test_every_job_names_a_missing_input_in_one_error_line_and_exits_2(tmp_path,
 
     from jobs.classify import main as classify
     from jobs.embed import main as embed
+    from jobs.pretrain import main as pretrain
     from jobs.search import main as search
 
     nowhere = str(tmp_path / "nowhere")
@@ -103,6 +104,8 @@ def test_every_job_names_a_missing_input_in_one_error_line_and_exits_2(tmp_path,
     mesh.write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
     empty = tmp_path / "empty.obj"
     empty.write_bytes(b"")
+    junk = tmp_path / "model.pt"  # a file given as a checkpoint that is none
+    junk.write_bytes(b"not a checkpoint")
     cases = [
         (classify, ["--checkpoint", nowhere, "--mesh", str(mesh), "--labels", "a,b"], f"checkpoint {nowhere} does not"),
         (classify, ["--checkpoint", nowhere, "--mesh", str(mesh)], "the label list is empty"),
@@ -110,7 +113,9 @@ def test_every_job_names_a_missing_input_in_one_error_line_and_exits_2(tmp_path,
         # a query mesh that cannot be read, or a folder: named, before the checkpoint is looked at
         (classify, ["--checkpoint", nowhere, "--mesh", str(empty), "--labels", "a,b"], f"{empty}: empty file"),
         (classify, ["--checkpoint", nowhere, "--mesh", str(tmp_path), "--labels", "a,b"], "not a regular file"),
+        (classify, ["--checkpoint", str(junk), "--mesh", str(mesh), "--labels", "a,b"], f"{junk}: not a readable"),
         (search, ["--gallery", nowhere, "--text", "a chair"], "no gallery shards"),
+        (pretrain, ["--data", str(tmp_path), "--storage", nowhere], f"{tmp_path}: not a build (no manifest.json"),
         (embed, ["--checkpoint", nowhere, "--root", str(tmp_path), "--out", str(tmp_path / "g")], "does not exist"),
     ]
     started = ray.is_initialized()

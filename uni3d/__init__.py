@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "checkpoint": ["export_official", "load_checkpoint", "read_checkpoint_config", "save_checkpoint"],
     "cost": ["ModelCost", "model_cost"],
+    "errors": ["CheckpointError"],
     "encoder": ["PointEncoder", "Uni3D"],
     "init": ["InitSpec", "apply_init", "check_init", "init_config", "load_2d_weights", "parse_init"],
     "presets": ["OFFICIAL_PARAM_COUNTS", "PRESETS", "EncoderConfig", "get_preset"],
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from uni3d.checkpoint import export_official, load_checkpoint, read_checkpoint_config, save_checkpoint
     from uni3d.cost import ModelCost, model_cost
     from uni3d.encoder import PointEncoder, Uni3D
+    from uni3d.errors import CheckpointError
     from uni3d.init import InitSpec, apply_init, check_init, init_config, load_2d_weights, parse_init
     from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS, EncoderConfig, get_preset
     from uni3d.teacher_spec import TeacherConfig, parse_teacher
@@ -111,6 +113,7 @@ def create_model(
 __all__ = [
     "OFFICIAL_PARAM_COUNTS",
     "PRESETS",
+    "CheckpointError",
     "EncoderConfig",
     "InitSpec",
     "ModelCost",

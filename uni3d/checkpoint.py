@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from uni3d.encoder import Uni3D
+from uni3d.errors import CheckpointError
 from uni3d.hub import hub_path, is_hub
 from uni3d.presets import EncoderConfig, get_preset, preset_for_width
 
@@ -67,10 +69,13 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
-        raise ValueError(f"{path}: no {CONFIG_FILE} next to the weights; is this a uni3d-ray checkpoint?")
-    config = json.loads(config_path.read_text())
+        raise CheckpointError(f"{path}: no {CONFIG_FILE} next to the weights; is this a uni3d-ray checkpoint?")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from err
     if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{config_path}: format {config.get('format')!r} version {config.get('version')!r}, "
             f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}"
         )
@@ -86,11 +91,19 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> Uni3D:
     """
     p = local_path(path)
     if not p.exists():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     if p.is_dir() or p.suffix == ".safetensors":
         config = read_checkpoint_config(p)
-        cfg = EncoderConfig.from_dict(config["encoder"]).replace(**overrides)
-        state = load_file(str(p / WEIGHTS_FILE if p.is_dir() else p))
+        try:
+            cfg = EncoderConfig.from_dict(config["encoder"])
+        except (KeyError, TypeError, ValueError) as err:  # no encoder section, or fields this code does not know
+            raise CheckpointError(f"{p}: its config.json has no usable 'encoder' section ({err})") from err
+        cfg = cfg.replace(**overrides)
+        weights = p / WEIGHTS_FILE if p.is_dir() else p
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # missing, truncated or not safetensors: name the file
+            raise CheckpointError(f"{weights}: not a readable safetensors file ({type(err).__name__}: {err})") from err
         source = str(p)
     else:
         state = _read_official(p)
@@ -105,12 +118,16 @@ def _read_official(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types; name the file
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+        # torch's own message for a refused pickle is a paragraph that suggests weights_only=False: not here
+        why = "" if isinstance(err, pickle.UnpicklingError) else ": " + str(err).strip().split("\n")[0][:200]
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (torch.load of tensors only: {type(err).__name__}{why})"
+        ) from err
     if isinstance(obj, dict) and isinstance(obj.get("module"), dict):
         obj = obj["module"]
     if not isinstance(obj, dict) or "point_encoder.cls_token" not in obj:
         keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not an official Uni3D checkpoint (expected {{'module': state dict}} "
             f"with 'point_encoder.*' keys, found {keys})"
         )
@@ -126,21 +143,21 @@ def infer_official_config(state: dict[str, Tensor], source: str = "state dict") 
     try:
         name = preset_for_width(width)
     except ValueError as err:
-        raise ValueError(f"{source}: {err}") from err
+        raise CheckpointError(f"{source}: {err}") from err
     pointnet_width = state["point_encoder.encoder.first_conv.0.weight"].shape[0]
     cfg = get_preset(name, embed_dim=embed_dim, encoder_dim=encoder_dim, pointnet_width=pointnet_width)
     if depth != cfg.depth:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: width {width} means preset {name!r} with {cfg.depth} blocks, but the file has {depth}"
         )
     return cfg
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Strict load that lists missing, unexpected and mis-shaped keys in one ``ValueError``."""
+    """Strict load that lists missing, unexpected and mis-shaped keys in one ``CheckpointError``."""
     missing, unexpected, mismatched = _key_diff(model.state_dict(), state)
     if missing or unexpected or mismatched:
-        raise ValueError(
+        raise CheckpointError(
             f"{source} does not fit {type(model).__name__}:\n"
             + _describe(missing=missing, unexpected=unexpected, mismatched=mismatched)
         )

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipelines.build.schema import READABLE_VERSIONS, SCHEMA_VERSION, STAGES
+from pipelines.settings import ConfigError, MissingInput
 from pipelines.storage import Location
 
 
@@ -54,4 +55,16 @@ def write_manifest(path_or_uri: str | os.PathLike, manifest: Manifest) -> None:
 
 
 def read_manifest(path_or_uri: str | os.PathLike) -> Manifest:
-    return Manifest.from_json(Location.of(path_or_uri).read_text(), where=os.fspath(path_or_uri))
+    """A build's ``manifest.json``. A missing one raises ``MissingInput`` (the folder is not a build), an unreadable
+    one ``ConfigError``; both name the path."""
+    where = os.fspath(path_or_uri)
+    location = Location.of(path_or_uri)
+    if not location.is_file():
+        folder = where.rstrip("/").rsplit("/", 1)[0] if "/" in where.rstrip("/") else "."
+        raise MissingInput(f"{folder}: not a build (no manifest.json there; jobs/build_dataset.py writes one)")
+    try:
+        return Manifest.from_json(location.read_text(), where=where)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:  # not JSON, or fields of the wrong kind
+        raise ConfigError(f"{where}: not a readable build manifest ({err})") from err
