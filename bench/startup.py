@@ -1,4 +1,4 @@
-"""Benchmark: what a fresh process pays to load the offline MiniLM teacher and embed one text.
+"""Benchmark: what a process pays to load the offline MiniLM teacher, and to load a checkpoint.
 
 Every build's embedding actor and every job that embeds class names loads the teacher once. Rows, each a fresh
 interpreter (median of ``--repeats`` runs after one that warms the file cache; wall clock and the process's CPU
@@ -12,7 +12,12 @@ time, user + system):
 
 Each row embeds the same text, and the script checks that the four embeddings agree before it prints a time.
 
-Usage: ``python bench/startup.py [--repeats 5]``
+Then ``uni3d.load_checkpoint`` of one of our checkpoints of each ``--presets`` preset (random weights, written to a
+temporary folder), in this process: the model built without its random initialisation
+(``uni3d.checkpoint.empty_model``) against the ordinary ``Uni3D(cfg)`` followed by the same strict load, median of
+``--repeats``; every tensor of the two loaded models is checked equal first.
+
+Usage: ``python bench/startup.py [--repeats 5] [--presets base large]``
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +88,57 @@ def run(code: str, repeats: int) -> tuple[float, float, list[float] | None]:
     return statistics.median(walls), statistics.median(cpus), emb
 
 
+def ordinary_load(folder: Path):  # noqa: ANN201 (torch is imported late)
+    """What ``load_checkpoint`` did before: ``Uni3D(cfg)`` with its random initialisation, then the same load."""
+    from safetensors.torch import load_file
+
+    import uni3d
+    from uni3d.checkpoint import load_state_dict_checked
+    from uni3d.encoder import Uni3D
+    from uni3d.presets import EncoderConfig
+
+    model = Uni3D(EncoderConfig.from_dict(uni3d.read_checkpoint_config(folder)["encoder"]))
+    load_state_dict_checked(model, load_file(str(folder / "model.safetensors")), str(folder))
+    return model
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def checkpoint_loads(presets: list[str], repeats: int) -> list[tuple[str, int, float, float]]:
+    """(preset, parameters, seconds ordinary, seconds without the random init) for each preset."""
+    import torch
+
+    import uni3d
+
+    rows = []
+    for name in presets:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = uni3d.save_checkpoint(uni3d.create_model(name), Path(tmp) / name)
+            both = [
+                dict(m.named_parameters()) | dict(m.named_buffers())
+                for m in (ordinary_load(folder), uni3d.load_checkpoint(folder))
+            ]
+            if both[0].keys() != both[1].keys() or not all(torch.equal(both[0][k], both[1][k]) for k in both[0]):
+                raise SystemExit(f"{name}: the two loads disagree")
+            params = sum(p.numel() for k, p in both[1].items() if isinstance(p, torch.nn.Parameter))
+            del both
+            before = median_seconds(lambda f=folder: ordinary_load(f), repeats)
+            after = median_seconds(lambda f=folder: uni3d.load_checkpoint(f), repeats)
+        rows.append((name, params, before, after))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--presets", nargs="+", default=["base", "large"])
     args = ap.parse_args()
     results = {name: run(code, args.repeats) for name, code in ROWS.items()}
     embeddings = [np.asarray(e) for _, _, e in results.values() if e is not None]
@@ -93,6 +149,11 @@ def main() -> None:
     print(f"embeddings agree to {spread:.1e}\n\n| process | wall (s) | CPU (s) |\n|---|---|---|")
     for name, (wall, cpu, _) in results.items():
         print(f"| {name} | {wall:.2f} | {cpu:.2f} |")
+    print(f"\n# load_checkpoint, median of {args.repeats}, this process\n")
+    print("| preset | parameters | `Uni3D(cfg)` + load (s) | built without random init + load (s) |")
+    print("|---|---|---|---|")
+    for name, params, before, after in checkpoint_loads(args.presets, args.repeats):
+        print(f"| `{name}` | {params / 1e6:.1f}M | {before:.2f} | {after:.2f} |")
 
 
 if __name__ == "__main__":

@@ -179,3 +179,31 @@ def test_2d_checkpoint_of_another_width_lists_what_does_not_fit(tmp_path: Path) 
     text = str(err.value)
     assert "wide.pth does not fit eva02_tiny_patch14_224 (width 64, depth 2)" in text
     assert "blocks.0.attn.qkv.weight: file (288, 96) vs model (192, 64)" in text
+
+
+@pytest.mark.parametrize("preset", ["nano", "tiny"])
+def test_a_loaded_model_has_the_saved_tensors_and_the_computed_buffers(
+    tmp_path: Path, preset: str, monkeypatch
+) -> None:
+    # the load builds the model without its random init (meta device): every parameter and stored buffer comes from
+    # the file, the buffers checkpoints leave out (RoPE bands, EVA's zero key bias) are recomputed as built, and
+    # the frozen 2D-only parameters stay frozen
+    import timm.models.eva
+
+    saved = uni3d.create_model(preset, embed_dim=64)
+    folder = uni3d.save_checkpoint(saved, tmp_path / "c")
+    stored = set(saved.state_dict())
+    computed = [name for name, _ in saved.named_buffers() if name not in stored]
+    assert any(".rope." in n for n in computed) and any(n.endswith("attn.k_bias") for n in computed)
+    for build in ("meta", "ordinary"):  # ordinary: a computed buffer whose module cannot recompute it
+        if build == "ordinary":
+            monkeypatch.delattr(timm.models.eva.EvaAttention, "init_non_persistent_buffers")
+        loaded = uni3d.load_checkpoint(folder)
+        for kind in ("named_parameters", "named_buffers"):
+            want, got = dict(getattr(saved, kind)()), dict(getattr(loaded, kind)())
+            assert want.keys() == got.keys()
+            for name, tensor in want.items():
+                assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), (build, name)
+        assert {n: p.requires_grad for n, p in loaded.named_parameters()} == {
+            n: p.requires_grad for n, p in saved.named_parameters()
+        }
