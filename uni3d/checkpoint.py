@@ -121,9 +121,12 @@ def empty_model(cfg: EncoderConfig) -> Uni3D:
     non-persistent buffers: RoPE bands, EVA's zero key bias) are recomputed by the modules that own them, with
     timm's ``init_non_persistent_buffers``. The random initialisation was most of a load's time: for the ``large``
     preset 2.55 s with it, 0.47 s without (2 CPU threads, BENCHMARKS.md). A model with a computed buffer whose
-    module cannot recompute it is built the ordinary way."""
-    with torch.device("meta"):
-        model = Uni3D(cfg)
+    module cannot recompute it, or whose construction reads tensor values, is built the ordinary way."""
+    try:
+        with torch.device("meta"):
+            model = Uni3D(cfg)
+    except (NotImplementedError, RuntimeError):  # e.g. ``.item()`` of a meta tensor in some architecture's init
+        return Uni3D(cfg)
     persistent = set(model.state_dict())
     modules = dict(model.named_modules())
     owners = {name.rpartition(".")[0] for name, _ in model.named_buffers() if name not in persistent}

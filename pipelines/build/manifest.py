@@ -60,7 +60,7 @@ def read_manifest(path_or_uri: str | os.PathLike) -> Manifest:
     where = os.fspath(path_or_uri)
     location = Location.of(path_or_uri)
     if not location.is_file():
-        folder = where.rstrip("/").rsplit("/", 1)[0] if "/" in where.rstrip("/") else "."
+        folder = os.path.dirname(where.rstrip("/")) or "."
         raise MissingInput(f"{folder}: not a build (no manifest.json there; jobs/build_dataset.py writes one)")
     try:
         return Manifest.from_json(location.read_text(), where=where)
