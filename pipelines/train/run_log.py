@@ -132,6 +132,9 @@ class RunLog(UserCallback):
         self._start_step = start_step
 
     def _sync(self) -> None:
+        """Upload what changed: ``metrics.jsonl`` first, the run's record (reports and sweeps read it), then the
+        TensorBoard events. A controller killed between the two (Tune ending a stopped trial) leaves TensorBoard
+        one report behind."""
         if self._where.local:
             return
         self._where.child("metrics.jsonl").upload(self._metrics_file)
