@@ -41,7 +41,7 @@ from uni3d.checkpoint import (
     read_checkpoint_config,
 )
 from uni3d.encoder import _UNUSED_2D_PREFIXES, Uni3D, build_vit
-from uni3d.presets import PRESETS, EncoderConfig
+from uni3d.presets import PRESETS, TOKENIZATION_FIELDS, WEIGHT_SHAPE_FIELDS, EncoderConfig
 
 INIT_FORMS = ("scratch", "timm:<file>", "timm:<arch>@<file>", "run:<checkpoint>")
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.")
@@ -250,8 +250,7 @@ def _run_state(spec: InitSpec, path: Path, cfg: EncoderConfig, meta: bool) -> tu
         if "point_encoder.cls_token" not in state:
             raise ValueError(f"init {spec}: {path} is neither a uni3d-ray checkpoint nor an official Uni3D model.pt")
         source = infer_official_config(state, source=str(path))
-    sizes = ("width", "depth", "num_heads", "embed_dim", "encoder_dim", "pointnet_width")
-    same = all(getattr(source, f) == getattr(cfg, f) for f in sizes)
+    same = all(getattr(source, f) == getattr(cfg, f) for f in WEIGHT_SHAPE_FIELDS)
     target = cfg.replace(timm_model=source.timm_model, timm_kwargs=source.timm_kwargs) if same else cfg
     with torch.device("meta"):
         expected = Uni3D(target).state_dict()
@@ -286,7 +285,8 @@ def _fits(names: list[str]) -> str:
 
 def _name(cfg: EncoderConfig) -> str:
     """E.g. ``preset 'nano' (eva02_tiny_patch14_224, width 64, depth 2, heads 2, embed_dim 1024)``."""
-    keys = ("width", "depth", "num_heads", "num_group", "group_size", "encoder_dim", "pointnet_width")
+    # embed_dim is the teacher's, not the preset's
+    keys = [k for k in (*WEIGHT_SHAPE_FIELDS, *TOKENIZATION_FIELDS) if k != "embed_dim"]
     names = [name for name, p in PRESETS.items() if all(getattr(p, k) == getattr(cfg, k) for k in keys)]
     sizes = f"{cfg.timm_model}, width {cfg.width}, depth {cfg.depth}, heads {cfg.num_heads}, embed_dim {cfg.embed_dim}"
     return f"preset {names[0]!r} ({sizes})" if names else f"no preset ({sizes})"

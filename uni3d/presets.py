@@ -12,6 +12,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# The size fields of ``EncoderConfig``: those that fix the shapes of the weights (a checkpoint's tensors fit a model
+# only when these agree), and the tokenization's, which change no weight.
+WEIGHT_SHAPE_FIELDS = ("width", "depth", "num_heads", "embed_dim", "encoder_dim", "pointnet_width")
+TOKENIZATION_FIELDS = ("num_group", "group_size")
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -34,8 +39,7 @@ class EncoderConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        sizes = ("width", "depth", "num_heads", "embed_dim", "num_group", "group_size", "encoder_dim", "pointnet_width")
-        for name in sizes:
+        for name in (*WEIGHT_SHAPE_FIELDS, *TOKENIZATION_FIELDS):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"EncoderConfig.{name} must be a positive int, got {value!r}")
