@@ -207,3 +207,20 @@ def test_a_loaded_model_has_the_saved_tensors_and_the_computed_buffers(
         assert {n: p.requires_grad for n, p in loaded.named_parameters()} == {
             n: p.requires_grad for n, p in saved.named_parameters()
         }
+
+
+def test_the_tour_shows_the_official_counts_and_both_round_trips(capsys) -> None:
+    # `make tour` (uni3d.demo): what the README's first look at the library prints
+    from uni3d.demo import main
+
+    main()
+    out = capsys.readouterr().out
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split()[:1] and line.split()[0] in uni3d.PRESETS
+    }
+    assert rows.keys() == uni3d.PRESETS.keys()
+    for name, count in uni3d.OFFICIAL_PARAM_COUNTS.items():
+        assert rows[name][-2:] == [f"{count:,}", f"{count:,}"], rows[name]
+    assert "ours -> identical embeddings: True" in out and "-> preset 'tiny' (eva02_tiny_patch14_224)" in out

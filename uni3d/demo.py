@@ -1,4 +1,4 @@
-"""A two-minute tour of the model library: presets, embedding, checkpoints (``make demo``).
+"""A short tour of the model library: presets, embedding, checkpoints (``make tour``).
 
 Prints the preset table with parameter counts (the official scales built on the meta device,
 so nothing large is allocated), embeds a batch of coloured point clouds with a CPU preset, and
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import uni3d
-from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS
+from uni3d.presets import OFFICIAL_PARAM_COUNTS, PRESETS, preset_for_width
 
 
 def sphere_and_cube(batch: int, num_points: int) -> torch.Tensor:
@@ -69,7 +69,8 @@ def main() -> None:
         scale = math.exp(tiny.logit_scale.item())
         print(
             f"checkpoint round trip: ours -> identical embeddings: {same}; official layout "
-            f"({size:.1f} MiB fp16) -> preset {tiny.cfg.timm_model}, logit scale {scale:.2f}"
+            f"({size:.1f} MiB fp16) -> preset {preset_for_width(tiny.cfg.width)!r} ({tiny.cfg.timm_model}), "
+            f"logit scale {scale:.2f}"
         )
 
 
