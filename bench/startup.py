@@ -89,17 +89,15 @@ def run(code: str, repeats: int) -> tuple[float, float, list[float] | None]:
 
 
 def ordinary_load(folder: Path):  # noqa: ANN201 (torch is imported late)
-    """What ``load_checkpoint`` did before: ``Uni3D(cfg)`` with its random initialisation, then the same load."""
-    from safetensors.torch import load_file
+    """What ``load_checkpoint`` did before: the same load, with the model built by ``Uni3D(cfg)`` (random init)."""
+    from unittest import mock
 
     import uni3d
-    from uni3d.checkpoint import load_state_dict_checked
+    import uni3d.checkpoint
     from uni3d.encoder import Uni3D
-    from uni3d.presets import EncoderConfig
 
-    model = Uni3D(EncoderConfig.from_dict(uni3d.read_checkpoint_config(folder)["encoder"]))
-    load_state_dict_checked(model, load_file(str(folder / "model.safetensors")), str(folder))
-    return model
+    with mock.patch.object(uni3d.checkpoint, "empty_model", Uni3D):
+        return uni3d.load_checkpoint(folder)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -127,7 +125,7 @@ def checkpoint_loads(presets: list[str], repeats: int) -> list[tuple[str, int, f
             ]
             if both[0].keys() != both[1].keys() or not all(torch.equal(both[0][k], both[1][k]) for k in both[0]):
                 raise SystemExit(f"{name}: the two loads disagree")
-            params = sum(p.numel() for k, p in both[1].items() if isinstance(p, torch.nn.Parameter))
+            params = sum(p.numel() for p in both[1].values() if isinstance(p, torch.nn.Parameter))
             del both
             before = median_seconds(lambda f=folder: ordinary_load(f), repeats)
             after = median_seconds(lambda f=folder: uni3d.load_checkpoint(f), repeats)

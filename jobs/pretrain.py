@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.build.manifest import read_manifest
     from pipelines.train.driver import run_pretrain
 
-    read_manifest(f"{cfg.data.rstrip('/')}/manifest.json")  # not a build: refused before Ray starts
+    read_manifest(os.path.join(cfg.data, "manifest.json"))  # not a build: refused before Ray starts
     connect(args.address, log_level=args.log_level)
     try:
         result = run_pretrain(cfg)

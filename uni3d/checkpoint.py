@@ -120,7 +120,7 @@ def empty_model(cfg: EncoderConfig) -> Uni3D:
     Built on the meta device and given memory; the buffers a module computes and checkpoints leave out (timm's
     non-persistent buffers: RoPE bands, EVA's zero key bias) are recomputed by the modules that own them, with
     timm's ``init_non_persistent_buffers``. The random initialisation was most of a load's time: for the ``large``
-    preset 2.55 s with it, 0.47 s without (2 CPU threads, BENCHMARKS.md). A model with a computed buffer whose
+    preset 2.6 s with it, 0.5-0.6 s without (2 CPU threads, BENCHMARKS.md). A model with a computed buffer whose
     module cannot recompute it, or whose construction reads tensor values, is built the ordinary way."""
     try:
         with torch.device("meta"):

@@ -54,6 +54,16 @@ class MiniLM(nn.Module):
         return x
 
 
+# nn.TransformerEncoderLayer's modules -> a Hugging Face BERT layer's (q, k and v are packed into in_proj)
+_LAYER_NAMES = {
+    "self_attn.out_proj": "attention.output.dense",
+    "norm1": "attention.output.LayerNorm",
+    "linear1": "intermediate.dense",
+    "linear2": "output.dense",
+    "norm2": "output.LayerNorm",
+}
+
+
 def bert_state_dict(bert: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
     """A Hugging Face ``BertModel`` state dict in :class:`MiniLM`'s names (the pooler, unused, is left out)."""
     out = {
@@ -68,14 +78,7 @@ def bert_state_dict(bert: dict[str, Tensor], num_layers: int) -> dict[str, Tenso
         qkv = [f"{src}attention.self.{p}" for p in ("query", "key", "value")]
         out[dst + "self_attn.in_proj_weight"] = torch.cat([bert[p + ".weight"] for p in qkv])
         out[dst + "self_attn.in_proj_bias"] = torch.cat([bert[p + ".bias"] for p in qkv])
-        pairs = {
-            "self_attn.out_proj": "attention.output.dense",
-            "norm1": "attention.output.LayerNorm",
-            "linear1": "intermediate.dense",
-            "linear2": "output.dense",
-            "norm2": "output.LayerNorm",
-        }
-        for ours, theirs in pairs.items():
+        for ours, theirs in _LAYER_NAMES.items():
             for p in ("weight", "bias"):
                 out[f"{dst}{ours}.{p}"] = bert[f"{src}{theirs}.{p}"]
     return out

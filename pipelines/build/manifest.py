@@ -64,7 +64,5 @@ def read_manifest(path_or_uri: str | os.PathLike) -> Manifest:
         raise MissingInput(f"{folder}: not a build (no manifest.json there; jobs/build_dataset.py writes one)")
     try:
         return Manifest.from_json(location.read_text(), where=where)
-    except ConfigError:
-        raise
     except (ValueError, TypeError) as err:  # not JSON, or fields of the wrong kind
         raise ConfigError(f"{where}: not a readable build manifest ({err})") from err
