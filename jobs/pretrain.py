@@ -4,11 +4,12 @@
     python jobs/pretrain.py --data data/procedural --set strategy=ddp --set epochs=8
     ray job submit --working-dir . -- python jobs/pretrain.py --data /mnt/build --recipe uni3d-b \
         --storage /mnt/runs --name uni3d-b --set num_workers=16
-    python jobs/pretrain.py --data /mnt/build --recipe uni3d-b --name eva-init \
-        --set init=timm:/models/eva02_base.safetensors                    # the ViT from a 2D EVA02-B
+    python jobs/pretrain.py --data /mnt/build --recipe uni3d-b --name offline \
+        --set init=timm:/models/eva02_base.safetensors      # the recipe's 2D EVA02-B weights from a local copy
     python jobs/pretrain.py --data data/procedural --name longer --set init=run:runs/short/final
 
-``init`` (``uni3d.init``, the paper's initialisation ablation): ``scratch`` (the default);
+``init`` (``uni3d.init``, the paper's initialisation ablation): ``scratch`` (the default, except in the
+``uni3d-*`` recipes, which start from the official 2D weights of their scale on the Hugging Face Hub);
 ``timm:<file>``, a 2D timm ViT checkpoint loaded into the preset's ViT; ``timm:<arch>@<file>``, the same
 with the ViT built as timm architecture ``<arch>`` of the preset's sizes (e.g.
 ``--model small --set init=timm:vit_small_patch14_dinov2@/models/dinov2_s.safetensors``); ``run:<checkpoint>``,

@@ -122,6 +122,20 @@ def test_small_rotation_angle_is_clipped() -> None:
     assert 0.1 < moved <= 3 * 0.18 + 1e-5
 
 
+def test_small_rotation_composes_as_the_official_code() -> None:
+    """The official perturbation multiplies the points, as rows, by Rz @ Ry @ Rx (docs/method.md §6)."""
+    pc = normalize_unit_sphere(_clouds(batch=4)[..., :3].double())
+    cfg = AugmentConfig(scale=(1.0, 1.0), shift=0.0, rot_sigma=0.06, up_rotation=False, color_drop_prob=0.0)
+    out = augment(pc, cfg, torch.Generator().manual_seed(3))
+    a = (torch.randn(3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.06).clamp(-0.18, 0.18)
+    for b in range(4):
+        (cx, cy, cz), (sx, sy, sz) = a[:, b].cos().tolist(), a[:, b].sin().tolist()
+        rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]], dtype=torch.float64)
+        ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]], dtype=torch.float64)
+        rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]], dtype=torch.float64)
+        torch.testing.assert_close(out[b], pc[b] @ (rz @ ry @ rx), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(64, 6), (2, 64, 4), (2, 0, 6), (2, 3, 64, 6)])
 def test_bad_shape_raises(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="pc must have shape"):

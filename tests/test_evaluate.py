@@ -47,7 +47,9 @@ def write_official(root: Path, per_class: int = 3) -> None:
     mn.mkdir(parents=True)
     (mn / "modelnet40_shape_names.txt").write_text("\n".join(CATEGORIES) + "\n")
     clouds = [(c, s, shape_points(c, s)) for c in CATEGORIES for s in range(per_class)]
-    save_object_array(mn / "test_pc.npy", [{"xyz": p[:, :3] * 3.0 + 1.0, "rgb": p[:, 3:]} for _, _, p in clouds])
+    # as released: rgb 100 on every point (ModelNet40 has no colour), which the official readers divide by 255
+    release = [{"xyz": p[:, :3] * 3.0 + 1.0, "rgb": np.full((len(p), 3), 100.0)} for _, _, p in clouds]
+    save_object_array(mn / "test_pc.npy", release)
     (mn / "test_split.json").write_text(json.dumps([{"category": c, "name": f"{c}_{s:04d}"} for c, s, _ in clouds]))
     so = root / "scanobjectnn"
     so.mkdir()
@@ -62,7 +64,7 @@ def write_official(root: Path, per_class: int = 3) -> None:
         for s in range(per_class):
             p = shape_points(c, 20 + s)
             np.save(lv / "shapes" / f"{c}{s}.npy", {"xyz": p[:, :3], "rgb": p[:, 3:]}, allow_pickle=True)
-            lines.append(f"{cid},{c},uid-{c}-{s},shapes/{c}{s}.npy")
+            lines.append(f"{cid},{c},uid-{c}-{s},/shapes/{c}{s}.npy")  # as the released file: a leading '/'
     (lv / "lvis_testset.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -73,9 +75,24 @@ def test_official_files_read_with_their_colour_rules(tmp_path: Path) -> None:
     assert mn.items.column("label").to_pylist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     pts = np.frombuffer(mn.items.column("points")[0].as_py(), np.float32).reshape(-1, 6)
     assert np.allclose(np.linalg.norm(pts[:, :3], axis=1).max(), 1.0, atol=1e-5)  # re-normalised
-    assert (pts[:, 3:] == np.float32(0.4)).all()  # ModelNet40 has no colour
+    assert (pts[:, 3:] == np.float32(100 / 255)).all()  # the official readers' input: 100 / 255, not 0.4
+    entries = np.load(tmp_path / "modelnet40" / "test_pc.npy", allow_pickle=True)
+    save_object_array(tmp_path / "modelnet40" / "test_pc.npy", [{"xyz": e["xyz"]} for e in entries])
+    pts = np.frombuffer(read_modelnet40(tmp_path).items.column("points")[0].as_py(), np.float32).reshape(-1, 6)
+    assert (pts[:, 3:] == np.float32(0.4)).all()  # an entry without rgb
+    save_object_array(tmp_path / "modelnet40" / "test_pc.npy", [{**e, "rgb": e["rgb"] * 3} for e in entries])
+    with pytest.raises(EvalSetError, match=r"test_pc.npy \[0\]: rgb must be finite values in \[0, 255\]"):
+        read_modelnet40(tmp_path)
+    save_object_array(tmp_path / "modelnet40" / "test_pc.npy", list(entries))
     so = read_scanobjectnn(tmp_path)
     assert len(so.class_names) == 15 and so.class_names[4] == "chair" and len(so) == 6
+    so_pts = np.frombuffer(so.items.column("points")[0].as_py(), np.float32).reshape(-1, 6)
+    assert (so_pts[:, 3:] == np.float32(0.4)).all()  # the release has no rgb: 0.4, as the official reader gives
+    data = np.load(tmp_path / "scanobjectnn" / "xyz_label.npy", allow_pickle=True).item()
+    np.save(tmp_path / "so.npy", {**data, "rgb": [np.full_like(x, 0.25) for x in data["xyz"]]}, allow_pickle=True)
+    (tmp_path / "so.npy").replace(tmp_path / "scanobjectnn" / "xyz_label.npy")
+    so_pts = np.frombuffer(read_scanobjectnn(tmp_path).items.column("points")[0].as_py(), np.float32).reshape(-1, 6)
+    assert (so_pts[:, 3:] == np.float32(0.25)).all()  # a file with rgb: taken as it is, as the official reader does
     lv = read_objaverse_lvis(tmp_path)
     assert lv.class_names == CATEGORIES and lv.items.column("uid")[0].as_py() == "uid-airplane-0"
     from pipelines.evaluate.run import _points

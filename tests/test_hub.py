@@ -153,3 +153,28 @@ def test_an_open_clip_teacher_on_the_hub_embeds_as_the_same_weights_loaded_direc
         uni3d.build_teacher("openclip:hf-hub:me/missing")
     with pytest.raises(ValueError, match="openclip:hf-hub:<org>/<repo>"):
         uni3d.parse_teacher("openclip:hf-hub:me")
+
+
+def test_the_official_recipes_start_from_their_scales_2d_weights_on_the_hub(hub_cache: Put, tmp_path: Path) -> None:
+    """docs/method.md §6: each ``uni3d-*`` recipe names its ViT's 2D weights as timm publishes them on the hub."""
+    import timm
+    from safetensors.torch import save_file
+
+    from pipelines.train.recipes import get_recipe, recipe_names
+
+    for name in [n for n in recipe_names() if n.startswith("uni3d-")]:
+        recipe = get_recipe(name)
+        spec = uni3d.parse_init(recipe["init"])
+        ref = parse_hub(spec.path)
+        assert spec.kind == "timm" and not spec.arch and ref.path == "model.safetensors", (name, spec)
+        assert ref.repo_id.startswith(f"timm/{uni3d.PRESETS[recipe['model']].timm_model}."), (name, ref)
+    official = "timm:hf-hub:timm/eva_giant_patch14_560.m30m_ft_in22k_in1k/model.safetensors"
+    assert get_recipe("uni3d-g")["init"] == official  # what the official pretraining script loads
+    # the tiny recipe's file in the layout timm publishes it (a feature model: no classifier head) fits the preset
+    vit = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    hub_cache("timm/eva02_tiny_patch14_224.mim_in22k", {"model.safetensors": tmp_path / "model.safetensors"})
+    with local_init(uni3d.parse_init(get_recipe("uni3d-ti")["init"])) as init:
+        assert Path(init.path).is_file()
+        text = uni3d.check_init(init, uni3d.get_preset("tiny", embed_dim=1024))
+    assert "tensors fit the ViT of" in text and "tiny" in text, text

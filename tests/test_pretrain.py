@@ -32,3 +32,20 @@ def test_a_model_sized_for_another_teacher_is_refused(small_build: Path, tmp_pat
 def test_a_run_that_cannot_take_one_step_is_refused(small_build: Path, tmp_path: Path, capsys) -> None:
     assert pretrain(small_build, tmp_path, "tiny", "batch_size=512") == 2
     assert "fewer than one step of batch_size 512 x num_workers 2" in error_line(capsys)
+
+
+def test_a_recipes_2d_weights_offline_and_not_in_the_hub_cache_are_refused(
+    small_build: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from jobs.pretrain import main
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    args = ["--data", str(small_build), "--storage", str(tmp_path), "--name", "ti", "--recipe", "uni3d-ti"]
+    assert main([*args, "--set", "use_gpu=false", "--set", "num_workers=1", "--set", "precision=fp32"]) == 2
+    line = error_line(capsys)
+    assert line.startswith("error: init: hf-hub:timm/eva02_tiny_patch14_224.mim_in22k/model.safetensors: "), line
+    assert "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in line and "or init=scratch" in line, line
+    assert not (tmp_path / "ti").exists()

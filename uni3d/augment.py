@@ -2,7 +2,8 @@
 
 Follows docs/method.md §6 (Uni3D, arXiv 2310.06773, the official pretraining augmentation). On xyz, in order:
 unit-sphere normalisation; one scale U(0.8, 1.25) per cloud; one shift U(-0.1, 0.1) per axis per
-cloud; a small rotation about x, then y, then z with angles N(0, 0.06²) clipped to ±0.18 rad; a full
+cloud; a small rotation about z, then y, then x with angles N(0, 0.06²) clipped to ±0.18 rad (as the official
+code composes it: the points as rows times Rz·Ry·Rx); a full
 rotation about the up axis y with angle U(0, 2π). Then, with probability 0.5 per cloud, the rgb of
 every point is replaced by 0.4 (the colour a shape without colour gets, docs/method.md §1).
 
@@ -80,12 +81,14 @@ def _uniform(low: float, high: float, size: int, gen: torch.Generator | None, li
 
 
 def _small_rotation(cfg: AugmentConfig, batch: int, gen: torch.Generator | None, like: Tensor) -> Tensor:
-    """Rz @ Ry @ Rx with clipped Gaussian angles (x applied first): (B, 3, 3)."""
+    """The official perturbation, (B, 3, 3) acting on column vectors: the official code multiplies the points, as
+    rows, by ``Rz @ Ry @ Rx`` of clipped Gaussian angles, which is ``(Rz @ Ry @ Rx)ᵀ`` on columns: a rotation about
+    z first, then y, then x, each by the negated angle."""
     device = gen.device if gen is not None else like.device
     angles = torch.randn(3, batch, generator=gen, device=device, dtype=like.dtype) * cfg.rot_sigma
     angles = angles.clamp(-cfg.rot_clip, cfg.rot_clip).to(like.device)  # (3, B)
     rx, ry, rz = (rotation_matrices(a, axis) for a, axis in zip(angles, _AXES, strict=True))
-    return rz @ ry @ rx
+    return (rz @ ry @ rx).transpose(1, 2)
 
 
 def augment(pc: Tensor, cfg: AugmentConfig | None = None, generator: torch.Generator | None = None) -> Tensor:

@@ -5,11 +5,13 @@ as bytes, or ``path``: an OpenShape ``.npy`` loaded when embedded) plus the clas
 
 - ModelNet40: ``modelnet40/test_pc.npy`` (object array of dicts with ``xyz`` (10000, 3), ``rgb``),
   ``modelnet40/test_split.json`` (``[{category, name}]``, aligned with it) and
-  ``modelnet40/modelnet40_shape_names.txt`` (class order). No colour: rgb is 0.4 (docs/method.md §1).
+  ``modelnet40/modelnet40_shape_names.txt`` (class order). No colour: the file's rgb (100 on every point) divided
+  by 255, as the official readers take it (0.392); an entry without rgb gets 0.4 (docs/method.md §8).
 - ScanObjectNN OBJ_ONLY: ``scanobjectnn/xyz_label.npy`` (a dict with ``xyz``, a list of (2048, 3), and
-  ``label``), the 15 classes in their standard order. No colour.
-- Objaverse-LVIS: ``objaverse_lvis/lvis_testset.txt`` (lines ``cate_id,cate_name,model_id,relative_npy_path``)
-  and OpenShape-format ``.npy`` files, with their colour.
+  ``label``), the 15 classes in their standard order. No colour (rgb 0.4), unless the file has an ``rgb`` list.
+- Objaverse-LVIS: ``objaverse_lvis/lvis_testset.txt`` (lines ``cate_id,cate_name,model_id,relative_npy_path``,
+  the path under ``objaverse_lvis/``, written with a leading ``/``) and OpenShape-format ``.npy`` files, with
+  their colour.
 - A build: its labelled held-out split (``pipelines.build.splits``), or all its labelled rows.
 
 Every file goes through the restricted unpickler of ``pipelines.sources.openshape_files``; xyz is normalised to the unit
@@ -134,9 +136,21 @@ def read_modelnet40(root: str | Path) -> EvalSet:
             raise EvalSetError(f"{folder / 'test_split.json'} [{i}]: category {meta!r} is not in the shape names")
         uids.append(str(meta.get("name", i)))
         labels.append(index[meta["category"]])
-        clouds.append(cloud(entry["xyz"], None, where))  # no colour (docs/method.md §8)
+        clouds.append(cloud(entry["xyz"], _modelnet40_rgb(entry.get("rgb"), where), where))
     prompts = [MODELNET40_LABELS[MODELNET40_CLASSES.index(n)] for n in names]  # labels.json spelling
     return EvalSet("modelnet40", names, _table(uids, labels, clouds), prompts)
+
+
+def _modelnet40_rgb(rgb: Any, where: str) -> np.ndarray | None:
+    """The file's rgb divided by 255, as the official readers (Uni3D's and OpenShape's) take it. Their comment says
+    the release holds 100 (no colour), meant as training's 0.4 for colourless shapes; the model then sees 100/255
+    = 0.392. None (rgb 0.4) for an entry without rgb."""
+    if rgb is None:
+        return None
+    rgb = np.asarray(rgb, np.float64)
+    if not np.isfinite(rgb).all() or rgb.min(initial=0.0) < 0 or rgb.max(initial=0.0) > 255:
+        raise EvalSetError(f"{where}: rgb must be finite values in [0, 255], as the released file holds them")
+    return rgb / 255.0
 
 
 def read_scanobjectnn(root: str | Path) -> EvalSet:
@@ -150,7 +164,11 @@ def read_scanobjectnn(root: str | Path) -> EvalSet:
     bad = [v for v in labels if not 0 <= v < len(SCANOBJECTNN_CLASSES)]
     if bad:
         raise EvalSetError(f"{path}: labels {sorted(set(bad))[:5]} are outside the 15 classes")
-    clouds = [cloud(x, None, f"{path} [{i}]") for i, x in enumerate(xyz)]
+    # the official reader takes a file's 'rgb' as it is and gives 0.4 without one (the release has none)
+    rgb = list(data["rgb"]) if data.get("rgb") is not None else [None] * len(xyz)
+    if len(rgb) != len(xyz):
+        raise EvalSetError(f"{path}: {len(xyz)} clouds but {len(rgb)} rgb arrays")
+    clouds = [cloud(x, c, f"{path} [{i}]") for i, (x, c) in enumerate(zip(xyz, rgb, strict=True))]
     uids = [f"scanobjectnn-{i}" for i in range(len(xyz))]
     return EvalSet("scanobjectnn", list(SCANOBJECTNN_CLASSES), _table(uids, labels, clouds))
 
@@ -166,7 +184,10 @@ def read_objaverse_lvis(root: str | Path) -> EvalSet:
         parts = line.strip().split(",")
         if len(parts) != 4 or not parts[0].strip().isdigit():
             raise EvalSetError(f"{listing}:{n}: expected cate_id,cate_name,model_id,relative_npy_path, got {line!r}")
-        cid, name, uid, rel = int(parts[0]), parts[1].strip(), parts[2].strip(), parts[3].strip()
+        cid, name, uid = int(parts[0]), parts[1].strip(), parts[2].strip()
+        # the official reader appends the path to the folder's name with no separator, so the released listing's
+        # paths start with '/': read relative to the folder, as that reader does
+        rel = parts[3].strip().lstrip("/")
         if classes.setdefault(cid, name) != name:
             raise EvalSetError(f"{listing}:{n}: category {cid} is named {classes[cid]!r} and {name!r}")
         file = next((p for p in (folder / rel, Path(root) / rel) if p.is_file()), None)

@@ -29,7 +29,7 @@ import uni3d
 from pipelines import faults
 from pipelines.build.manifest import Manifest, read_manifest
 from pipelines.evaluate.heldout import BuildKeys, make_heldout, read_heldout, read_keys
-from pipelines.settings import ConfigError
+from pipelines.settings import ConfigError, MissingInput
 from pipelines.storage import Location, is_uri, local_copy, local_init, local_output
 from pipelines.train.config import RESUME_KEYS, TrainConfig, data_key
 from pipelines.train.data import cached_units, file_units, shard_files
@@ -222,8 +222,11 @@ def run_pretrain(
     if init.kind != "scratch" and not is_uri(init.path) and not is_hub(init.path):
         init = init.resolve()  # an absolute path: Ray Train workers run in another folder
     cfg = dataclasses.replace(cfg, init=str(init))
-    with local_init(init) as here:  # a URI: a temporary copy (each worker makes its own)
-        init_text = uni3d.check_init(here, uni3d.get_preset(cfg.model, embed_dim=cfg.embed_dim))  # before any worker
+    try:  # before any worker starts
+        with local_init(init) as here:  # a URI: a temporary copy (each worker makes its own)
+            init_text = uni3d.check_init(here, uni3d.get_preset(cfg.model, embed_dim=cfg.embed_dim))
+    except MissingInput as exc:  # e.g. a recipe's 2D weights on the hub, offline: say how to do without them
+        raise MissingInput(f"init: {exc}; or --set init=timm:<a local copy>, or init=scratch") from None
     run_dir = Location.of(cfg.storage) / cfg.name
     cfg = dataclasses.replace(cfg, storage=str(run_dir.parent))  # absolute: Ray Train's workers run elsewhere
     check_resume(run_dir, cfg)

@@ -2,8 +2,8 @@
 
 Data: Ray Data reads the build's Parquet shards (held-out uids dropped), in a block order fixed by the
 seed, and splits the stream evenly over the workers. Each epoch every worker reshuffles its share in a
-buffer seeded by (seed, epoch, rank); rows become training batches (one text and one of the first 10
-views per shape, drawn with a generator seeded by (seed, rank, step)) and are augmented on the device.
+buffer seeded by (seed, epoch, rank); rows become training batches (one text and one view per shape:
+``pipelines.train.batch``; drawn with a generator seeded by (seed, rank, step)) and are augmented on the device.
 Because everything random is a function of the step, a run resumed from a checkpoint skips the
 batches it already trained on and then takes exactly the steps an uninterrupted run would have taken.
 
