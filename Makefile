@@ -1,5 +1,5 @@
 # Each of `make demo`, `make sweep` and `make test` does all set-up on a fresh clone.
-# Both create .venv when it is missing or older than pyproject.toml / constraints.txt.
+# Each creates .venv when it is missing or older than pyproject.toml / constraints.txt.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin

@@ -2,8 +2,8 @@
 
 Runs a training step (train mode: patch dropout and drop path on, as in pretraining) of the
 encoder with a cosine loss against random targets, for each requested preset at its own
-tokenization: ``tiny`` at the official one (N=10,000, 512 groups of 64) and the ``micro`` CPU
-demo preset. FLOPs per step are counted with ``torch.utils.flop_counter`` (matmuls and convs,
+tokenization: ``tiny`` at the official one (N=10,000, 512 groups of 64) and ``micro``, the CPU
+preset of the ``cpu`` recipe. FLOPs per step are counted with ``torch.utils.flop_counter`` (matmuls and convs,
 forward + backward), so MFU = achieved FLOP/s / the device's peak.
 
 Usage: ``python bench/encoder.py [--presets tiny micro] [--batch 8] [--device cpu|cuda] [--dtype fp32|bf16]``

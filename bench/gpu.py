@@ -15,8 +15,9 @@ for BENCHMARKS.md (also written to ``--out`` with the raw numbers as JSON):
    same build, the same model and the same step function (``bench/pretrain.py``'s two paths).
 
 MFU is against the dense bf16 peak of the card (``bench/encoder.py``'s table); on a CPU it is not given.
-``--tiny`` shrinks every section (a small preset and tokenization, ``tiny-ViT-32`` towers, a 64-shape build) so
-that the script itself runs on a CPU: the test suite runs it that way.
+``--tiny`` shrinks every section (a small preset and tokenization, ``tiny-ViT-32`` towers, a 48-shape build unless
+``--build`` names one) so that the script itself runs on a CPU: the test suite runs it that way, on its 192-shape
+build.
 
 Usage: ``python bench/gpu.py [--tiny] [--out bench-gpu.md] [--batch 32] [--skip-ray]``
 """

@@ -1,8 +1,8 @@
 """Benchmark: pretraining throughput through Ray Train + Ray Data against a bare single-process loop.
 
-Same model (``--model``, default the demo's ``micro``), same build, same global batch
-(``--workers`` x ``--batch``) and the same step function (``pipelines.train.loop.train_step``: decode,
-draws, augmentation, forward, loss, backward, AdamW). The bare loop holds the whole build in memory as
+Same model (``--model``, default ``micro``, the ``cpu`` recipe's; the demo trains ``nano``), same build, same
+global batch (``--workers`` x ``--batch``) and the same step function (``pipelines.train.loop.train_step``:
+decode, draws, augmentation, forward, loss, backward, AdamW). The bare loop holds the whole build in memory as
 Arrow and slices batches from it: no I/O, no processes, no collectives; it is the ceiling the
 distributed path is measured against. Ray runs use ``--workers`` CPU workers and are timed from
 their metrics log after the first window (start-up excluded; epoch restarts and checkpoints included).

@@ -2,7 +2,7 @@
 
     python jobs/classify.py --checkpoint runs/uni3d/final --mesh chair.glb --labels "chair,table,lamp,car"
     python jobs/classify.py --checkpoint model.pt --mesh scan.ply --classes modelnet40 \
-        --teacher openclip:EVA02-E-14-plus@/models/open_clip_pytorch_model.bin
+        --teacher openclip:EVA02-E-14-plus@/models/eva02_e14_plus_laion2b_s9b_b144k.bin
 
 Labels come from ``--labels`` (comma-separated), ``--labels-file`` (one per line) or ``--classes`` (a
 benchmark's class names: modelnet40, scanobjectnn). Each label is prompted with the 64 official templates.

@@ -2,9 +2,9 @@
 
     python jobs/evaluate.py --checkpoint runs/uni3d/final --sets data/procedural            # a build's held-out split
     python jobs/evaluate.py --checkpoint model.pt --sets modelnet40 scanobjectnn objaverse_lvis --root data/eval \
-        --teacher openclip:EVA02-E-14-plus@/models/open_clip_pytorch_model.bin --few-shot
+        --teacher openclip:EVA02-E-14-plus@/models/eva02_e14_plus_laion2b_s9b_b144k.bin --few-shot
     ray job submit --working-dir . -- python jobs/evaluate.py --checkpoint /mnt/runs/uni3d-b/final \
-        --sets objaverse_lvis --root /mnt/eval --set num_workers=8 --set use_gpu=true
+        --sets objaverse_lvis --root /mnt/shared/eval --set num_workers=8 --set use_gpu=true
 
 ``--sets`` takes benchmark names (read from the official test files under ``--root``: modelnet40/,
 scanobjectnn/, objaverse_lvis/) or build folders. Results go next to the checkpoint, in ``eval/``: per set a

@@ -3,7 +3,7 @@
     python jobs/sweep.py --data demo/build --space configs/sweeps/demo.yaml          # a local Ray
     python jobs/sweep.py --data demo/build --grid model=nano-s,nano-l --grid lr=1e-3,3e-3 --set epochs=3
     ray job submit --working-dir . -- python jobs/sweep.py --data /mnt/builds/ensembled \
-        --space configs/sweeps/scale-init.yaml --storage /mnt/sweeps --name scale-init
+        --space configs/sweeps/scale-init.yaml --storage /mnt/shared/sweeps --name scale-init
     tensorboard --logdir runs/sweeps/<name>/runs        # every trial's curves, hyperparameters in HParams
 
 The space file (configs/sweeps/) holds the sweep's fields (listed below): ``space:`` maps TrainConfig fields

@@ -100,8 +100,9 @@ PRESETS: dict[str, EncoderConfig] = {
     "base": _official("eva02_base_patch14_448", 768, 12, 12),
     "large": _official("eva02_large_patch14_448", 1024, 24, 16),
     "giant": _official("eva_giant_patch14_560", 1408, 40, 16),
-    # CPU presets: `nano` for unit tests, `micro` for the laptop demo. `nano-s` < `nano` < `nano-l` share
-    # nano's tokenization and differ only in the ViT, as the official scales do: the CPU sweep's scale axis.
+    # CPU presets: `nano` for the laptop demo and unit tests, `micro` for the `cpu` recipe's default. `nano-s` <
+    # `nano` < `nano-l` share nano's tokenization and differ only in the ViT, as the official scales do: the CPU
+    # sweep's scale axis.
     "nano-s": _cpu(width=32, depth=2, num_heads=2, num_group=32, group_size=16, num_points=512),
     "nano": _cpu(width=64, depth=2, num_heads=2, num_group=32, group_size=16, num_points=512),
     "nano-l": _cpu(width=192, depth=4, num_heads=3, num_group=32, group_size=16, num_points=512),
