@@ -106,14 +106,15 @@ def test_trial_resources_the_user_left_to_the_recipe_are_sized_to_the_cluster(bu
     # what the user set stays: only data_cpus is free, and 0.05 + 2 x 0.6 > 1 even with data at nothing
     sets = set_layers(["worker_cpus=0.6"])
     assert fit_trials(cfg, sets, plan_sweep(cfg, sets), cpus=1, gpus=0) is None  # check_resources refuses it
-    # GPU trials (the official recipe: 8 workers x 8 CPUs, a GPU each) on one 1-GPU, 16-CPU node
-    gpu = sweep(build, tmp_path, space=space, recipe="uni3d-b")
+    # GPU trials (the official recipe: 8 workers x 8 CPUs, a GPU each) on one 1-GPU, 16-CPU node; from scratch, as
+    # the recipe's 2D weights are base's, not these scales'
+    gpu = sweep(build, tmp_path, space=space, recipe="uni3d-b", train={"init": "scratch"})
     fitted = fit_trials(gpu, [], plan_sweep(gpu, []), cpus=16, gpus=1)
     assert fitted is not None and fitted.values["num_workers"] == 1
     after = plan_sweep(gpu, [fitted])
     assert after.trial_gpus == 1 and after.trial_cpus <= 16
     assert after.biggest.worker_cpus == 8.0  # one worker x 8 CPUs fits: its CPUs stay as the recipe gives them
-    chosen = sweep(build, tmp_path, space=space, recipe="uni3d-b", train={"num_workers": 4})
+    chosen = sweep(build, tmp_path, space=space, recipe="uni3d-b", train={"num_workers": 4, "init": "scratch"})
     assert fit_trials(chosen, [], plan_sweep(chosen, []), cpus=64, gpus=2) is None  # train: is the user's own
 
 
