@@ -1,6 +1,6 @@
 """`make sweep`: a Ray Tune sweep of three CPU scales x two initialisations on the demo's build, on a laptop.
 
-    python jobs/sweep_demo.py                      # what `make sweep` runs: ~4 minutes on 2 cores
+    python jobs/sweep_demo.py                      # what `make sweep` runs: 4-5 minutes on 2 cores
     python jobs/sweep_demo.py --out demo --set epochs=8
 
 Stages, each resumed if run again with the same --out: the demo's build (``make demo`` makes the same one)
