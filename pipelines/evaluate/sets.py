@@ -5,8 +5,9 @@ as bytes, or ``path``: an OpenShape ``.npy`` loaded when embedded) plus the clas
 
 - ModelNet40: ``modelnet40/test_pc.npy`` (object array of dicts with ``xyz`` (10000, 3), ``rgb``),
   ``modelnet40/test_split.json`` (``[{category, name}]``, aligned with it) and
-  ``modelnet40/modelnet40_shape_names.txt`` (class order). No colour: the file's rgb (100 on every point) divided
-  by 255, as the official readers take it (0.392); an entry without rgb gets 0.4 (docs/method.md §8).
+  ``modelnet40/modelnet40_shape_names.txt`` (class order). No colour: the file's rgb divided by 255, as the
+  official readers take it (their comment: 100 on every point, so 0.392); an entry without rgb gets 0.4
+  (docs/method.md §8).
 - ScanObjectNN OBJ_ONLY: ``scanobjectnn/xyz_label.npy`` (a dict with ``xyz``, a list of (2048, 3), and
   ``label``), the 15 classes in their standard order. No colour (rgb 0.4), unless the file has an ``rgb`` list.
 - Objaverse-LVIS: ``objaverse_lvis/lvis_testset.txt`` (lines ``cate_id,cate_name,model_id,relative_npy_path``,
