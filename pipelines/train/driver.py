@@ -222,17 +222,17 @@ def run_pretrain(
     if init.kind != "scratch" and not is_uri(init.path) and not is_hub(init.path):
         init = init.resolve()  # an absolute path: Ray Train workers run in another folder
     cfg = dataclasses.replace(cfg, init=str(init))
-    try:  # before any worker starts
-        with local_init(init) as here:  # a URI: a temporary copy (each worker makes its own)
-            init_text = uni3d.check_init(here, uni3d.get_preset(cfg.model, embed_dim=cfg.embed_dim))
-    except MissingInput as exc:  # e.g. a recipe's 2D weights on the hub, offline: say how to do without them
-        raise MissingInput(f"init: {exc}; or --set init=timm:<a local copy>, or init=scratch") from None
     run_dir = Location.of(cfg.storage) / cfg.name
     cfg = dataclasses.replace(cfg, storage=str(run_dir.parent))  # absolute: Ray Train's workers run elsewhere
     check_resume(run_dir, cfg)
     done = finished_run(run_dir, cfg)
-    if done is not None:  # the same command again after the last step: nothing to start
+    if done is not None:  # the same command again after the last step: nothing to start, nothing to fetch
         return done
+    try:  # before any worker starts (a resumed run's workers build the model from it too, then load the checkpoint)
+        with local_init(init) as here:  # a URI: a temporary copy (each worker makes its own)
+            init_text = uni3d.check_init(here, uni3d.get_preset(cfg.model, embed_dim=cfg.embed_dim))
+    except MissingInput as exc:  # e.g. a recipe's 2D weights on the hub, offline: say how to do without them
+        raise MissingInput(f"init: {exc}; or --set init=timm:<a local copy>, or init=scratch") from None
     run_dir.mkdir()
     say = print if verbose else (lambda *a, **k: None)
     say(f"[pretrain] init: {init_text}")
